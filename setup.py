@@ -1,0 +1,29 @@
+"""tfsym3d: unsupervised 3D reconstruction of probably-symmetric objects in TensorFlow."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="tfsym3d",
+    version="0.1.0",
+    description=("Unsupervised learning of probably symmetric deformable 3D "
+                 "objects from images (Wu, Rupprecht, Vedaldi, CVPR 2020) in "
+                 "TensorFlow 2 / Keras 3"),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["tfsym3d", "tfsym3d.*"]),
+    install_requires=[
+        "tensorflow>=2.21,<2.22",
+        "keras>=3.10,<4",
+        "absl-py>=2.1,<3",
+        "numpy>=1.26,<3",
+        "pillow>=10,<14",
+        "tqdm>=4.66,<5",
+        # Second rasterizer backend and its reference: only its C++ kernel
+        # sources and its differentiable barycentrics are used (see README).
+        "tensorflow-graphics==2021.12.3",
+    ],
+    extras_require={
+        "test": ["pytest>=8,<10"],
+    },
+)

@@ -1,0 +1,82 @@
+"""The model's constants (METHOD.md sections 1-7) as one frozen dataclass.
+
+`ModelConfig()` is the reference implementation's setting for faces; flags
+(`tfsym3d.flags`) build one from the command line. Nothing in the model reads
+absl flags directly, so the model can be built in tests and notebooks alone.
+"""
+
+import dataclasses
+import math
+
+RASTERIZER_BACKENDS = ("tf", "tfg")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Everything that fixes what the model computes.
+
+  Angles are in degrees here (as in the reference configs); the model converts.
+  """
+  image_size: int = 64            # S: images are S x S
+  fov: float = 10.0               # field of view, degrees
+  min_depth: float = 0.9
+  max_depth: float = 1.1
+  min_amb_light: float = 0.0
+  max_amb_light: float = 1.0
+  min_diff_light: float = 0.0
+  max_diff_light: float = 1.0
+  xyz_rotation_range: float = 60.0   # degrees, for each of rx, ry, rz
+  xy_translation_range: float = 0.1
+  z_translation_range: float = 0.0   # 0.1 for cats
+  rot_center_depth: float = 1.0
+  znear: float = 0.1
+  zfar: float = 10.0
+  # Network widths (reference: 64/256 for depth and albedo, 32 for light and
+  # view, 64/128 for confidence). Tests use narrower ones.
+  nf: int = 64
+  zdim: int = 256
+  nf_encoder: int = 32
+  nf_conf: int = 64
+  zdim_conf: int = 128
+  use_conf_map: bool = True
+  # Loss weights (METHOD section 6).
+  lam_perc: float = 1.0
+  lam_flip: float = 0.5
+  lam_depth_sm: float = 0.0
+  # 'imagenet' (Keras download), 'none' (perceptual term off) or a path to a
+  # local VGG16 weights file (.h5 / .weights.h5).
+  vgg_weights: str = "imagenet"
+  rasterizer: str = "tf"          # 'tf' (pure TensorFlow) or 'tfg'
+
+  def __post_init__(self):
+    if self.image_size < 16 or self.image_size % 16:
+      raise ValueError(
+          f"image_size={self.image_size}: must be a multiple of 16 and at "
+          "least 16 (the encoders downsample by 16); set --image_size to e.g. 64")
+    if not self.min_depth < self.max_depth:
+      raise ValueError(f"min_depth={self.min_depth} must be < max_depth={self.max_depth}")
+    if self.rasterizer not in RASTERIZER_BACKENDS:
+      raise ValueError(f"rasterizer={self.rasterizer!r}: use one of {RASTERIZER_BACKENDS}")
+
+  @property
+  def border_depth(self) -> float:
+    """Depth written into the 2 leftmost and rightmost columns (METHOD 2)."""
+    return 0.7 * self.max_depth + 0.3 * self.min_depth
+
+  @property
+  def depth_margin(self) -> float:
+    """m in METHOD 5: reconstructed depth is clamped to [min - m, max + m]."""
+    return (self.max_depth - self.min_depth) / 2
+
+  @property
+  def focal(self) -> float:
+    """fx = fy in pixels (METHOD 1)."""
+    return (self.image_size - 1) / 2 / math.tan(math.radians(self.fov) / 2)
+
+  @property
+  def principal(self) -> float:
+    """cx = cy in pixels (METHOD 1)."""
+    return (self.image_size - 1) / 2
+
+  def replace(self, **changes) -> "ModelConfig":
+    return dataclasses.replace(self, **changes)

@@ -1,0 +1,1 @@
+"""Differentiable rendering: rasterization, interpolation, sampling, warps."""

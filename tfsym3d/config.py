@@ -46,6 +46,13 @@ class ModelConfig:
   # 'imagenet' (Keras download), 'none' (perceptual term off) or a path to a
   # local VGG16 weights file (.h5 / .weights.h5).
   vgg_weights: str = "imagenet"
+  # 'caffe' for Keras' ImageNet weights (BGR, mean pixel subtracted: what they
+  # were trained with); 'torch' for weights converted from torchvision, with
+  # METHOD 6's mean/std normalisation.
+  vgg_input: str = "caffe"
+  # Optimiser (METHOD 6): Adam with classic L2 weight decay on the gradient.
+  learning_rate: float = 1e-4
+  weight_decay: float = 5e-4
   rasterizer: str = "tf"          # 'tf' (pure TensorFlow) or 'tfg'
 
   def __post_init__(self):
@@ -55,6 +62,8 @@ class ModelConfig:
           "least 16 (the encoders downsample by 16); set --image_size to e.g. 64")
     if not self.min_depth < self.max_depth:
       raise ValueError(f"min_depth={self.min_depth} must be < max_depth={self.max_depth}")
+    if self.vgg_input not in ("caffe", "torch"):
+      raise ValueError(f"vgg_input={self.vgg_input!r}: use 'caffe' or 'torch'")
     if self.rasterizer not in RASTERIZER_BACKENDS:
       raise ValueError(f"rasterizer={self.rasterizer!r}: use one of {RASTERIZER_BACKENDS}")
 

@@ -186,13 +186,25 @@ class PerceptualLoss:
     batch = tf.shape(recon)[0]
     # One VGG pass over both images is faster than two.
     feats = self.features(tf.concat([recon, target], axis=0))
-    f_recon, f_target = feats[:batch], feats[batch:]
-    loss = tf.square(f_recon - f_target)
-    if sigma is not None:
-      loss = loss / (2 * tf.square(sigma) + EPS) + tf.math.log(sigma + EPS)
-    if mask is not None:
-      mask = _pool_mask(tf.cast(mask, tf.float32), feats.shape)
-    return _masked_mean(loss, mask)
+    return feature_loss(feats[:batch], feats[batch:], mask, sigma)
+
+
+def feature_loss(f_recon, f_target, mask=None, sigma=None):
+  """The perceptual loss given features already computed (METHOD 6).
+
+  Args:
+    f_recon, f_target: [B, h, w, C] features of R and I.
+    mask: [B, H, W] image-size weights (average-pooled to h x w), or None.
+    sigma: [B, h, w, 1] positive confidence, or None.
+  Returns:
+    Scalar.
+  """
+  loss = tf.square(f_recon - f_target)
+  if sigma is not None:
+    loss = loss / (2 * tf.square(sigma) + EPS) + tf.math.log(sigma + EPS)
+  if mask is not None:
+    mask = _pool_mask(tf.cast(mask, tf.float32), f_recon.shape)
+  return _masked_mean(loss, mask)
 
 
 def _pool_mask(mask, feature_shape):

@@ -1,0 +1,272 @@
+"""The photo-geometric autoencoder (METHOD 2-6) as one Keras model.
+
+`Unsup3D(config)(images)` returns a `Decomposition`: every factor, the
+reconstructions of both halves (predicted and flipped) and the confidence
+maps. Losses, training, visualisation, evaluation and export all read that
+one structure; nothing outside this module calls the networks.
+"""
+
+import dataclasses
+import math
+from typing import Dict, Optional
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from tfsym3d import geometry
+from tfsym3d import losses as losses_lib
+from tfsym3d import nets
+from tfsym3d.config import ModelConfig
+from tfsym3d.render.warp import Renderer
+
+
+@dataclasses.dataclass
+class Decomposition:
+  """What the model infers from a batch of B images of size S.
+
+  Canonical (symmetric frame) factors, [-1, 1] images unless said otherwise:
+    canon_depth: [B, S, S] depth in [min_depth, max_depth], border columns
+      set to border_depth.
+    canon_albedo: [B, S, S, 3].
+    canon_normal: [B, S, S, 3] unit normals of canon_depth.
+    canon_diffuse_shading: [B, S, S, 1] max(0, <n, l>).
+    canon_shading: [B, S, S, 1] ambient + diffuse * diffuse_shading.
+    canon_image: [B, S, S, 3] albedo lit by the shading.
+  Global factors:
+    light: [B, 4] (ambient, diffuse, lx, ly): ambient and diffuse rescaled
+      to their ranges, (lx, ly) the raw direction components.
+    light_direction: [B, 3] normalize([lx, ly, 1]).
+    view: [B, 6] (rx, ry, rz) in radians and (tx, ty, tz).
+  Reprojection into the input view, for the predicted factors and for the
+  flipped ones (suffix _flip):
+    recon_depth, recon_depth_flip: [B, S, S] clamped depth.
+    recon_normal, recon_normal_flip: [B, S, S, 3].
+    recon_image, recon_image_flip: [B, S, S, 3], multiplied by `mask`.
+    recon_mask, recon_mask_flip: [B, S, S] validity of each half.
+    mask: [B, S, S] recon_mask * recon_mask_flip, without gradient.
+  Confidence (None when the model has no confidence network):
+    conf_sigma_l1: [B, S, S, 2] (channel 0 for the predicted half, 1 for the
+      flipped), conf_sigma_percl: [B, S/4, S/4, 2].
+  """
+  canon_depth: tf.Tensor
+  canon_albedo: tf.Tensor
+  canon_normal: tf.Tensor
+  canon_diffuse_shading: tf.Tensor
+  canon_shading: tf.Tensor
+  canon_image: tf.Tensor
+  light: tf.Tensor
+  light_direction: tf.Tensor
+  view: tf.Tensor
+  recon_depth: tf.Tensor
+  recon_depth_flip: tf.Tensor
+  recon_normal: tf.Tensor
+  recon_normal_flip: tf.Tensor
+  recon_image: tf.Tensor
+  recon_image_flip: tf.Tensor
+  recon_mask: tf.Tensor
+  recon_mask_flip: tf.Tensor
+  mask: tf.Tensor
+  conf_sigma_l1: Optional[tf.Tensor] = None
+  conf_sigma_percl: Optional[tf.Tensor] = None
+
+  def as_dict(self) -> Dict[str, tf.Tensor]:
+    """The fields that are set, by name (for logging, export, summaries)."""
+    return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+def flip(maps):
+  """Mirrors maps left-right: [B, H, W, ...] along W (METHOD 3)."""
+  return tf.reverse(maps, axis=[2])
+
+
+def _rescale(t, low, high):
+  """[-1, 1] -> [low, high] as METHOD 2 writes it."""
+  return (1 + t) / 2 * high + (1 - t) / 2 * low
+
+
+class Unsup3D(keras.Model):
+  """Depth, albedo, light, view and confidence networks with their renderer.
+
+  Args:
+    config: the model's constants; see `tfsym3d.config.ModelConfig`.
+  """
+
+  def __init__(self, config: ModelConfig = ModelConfig(), **kwargs):
+    super().__init__(**kwargs)
+    self.config = config
+    size = config.image_size
+    self.net_depth = nets.EDDeconv(1, config.zdim, config.nf, None, size, name="netD")
+    self.net_albedo = nets.EDDeconv(3, config.zdim, config.nf, "tanh", size, name="netA")
+    self.net_light = nets.Encoder(4, config.nf_encoder, size, name="netL")
+    self.net_view = nets.Encoder(6, config.nf_encoder, size, name="netV")
+    self.net_conf = (nets.ConfNet(config.zdim_conf, config.nf_conf, size, name="netC")
+                     if config.use_conf_map else None)
+    self.renderer = Renderer(config)
+    self.perceptual = (losses_lib.PerceptualLoss(config.vgg_weights, config.vgg_input)
+                       if config.lam_perc > 0 else losses_lib.PerceptualLoss("none"))
+    if config.lam_perc > 0 and not self.perceptual.enabled:
+      logging.warning("Perceptual loss weight %.3g but VGG weights 'none': the "
+                      "perceptual term is off.", config.lam_perc)
+    # Changed by training between epochs (1.0 before lam_flip_start_epoch).
+    self.lam_flip = tf.Variable(config.lam_flip, trainable=False, dtype=tf.float32,
+                                name="lam_flip")
+    self._depth_border = self._border_mask(size)
+
+  @property
+  def networks(self) -> Dict[str, keras.Model]:
+    """The networks by their reference names (netD, netA, netL, netV, netC)."""
+    named = {"netD": self.net_depth, "netA": self.net_albedo, "netL": self.net_light,
+             "netV": self.net_view}
+    if self.net_conf is not None:
+      named["netC"] = self.net_conf
+    return named
+
+  @staticmethod
+  def _border_mask(size):
+    """[1, S, S] 1.0 on the 2 leftmost and 2 rightmost columns."""
+    columns = tf.pad(tf.zeros([size - 4]), [[2, 2]], constant_values=1.0)
+    return tf.tile(columns[None, None, :], [1, size, 1])
+
+  def build(self, input_shape):
+    for net in self.networks.values():
+      net.build(input_shape)
+    super().build(input_shape)
+
+  # -- the four factors ----------------------------------------------------
+
+  def depth(self, images):
+    """Canonical depth [B, S, S] (METHOD 2)."""
+    cfg = self.config
+    raw = self.net_depth(images)[..., 0]
+    raw = raw - tf.reduce_mean(raw, axis=[1, 2], keepdims=True)
+    depth = _rescale(tf.tanh(raw), cfg.min_depth, cfg.max_depth)
+    border = self._depth_border
+    return depth * (1 - border) + border * cfg.border_depth
+
+  def light(self, images):
+    """(light [B, 4], direction [B, 3]) (METHOD 2)."""
+    cfg = self.config
+    raw = self.net_light(images)
+    ambient = _rescale(raw[:, 0:1], cfg.min_amb_light, cfg.max_amb_light)
+    diffuse = _rescale(raw[:, 1:2], cfg.min_diff_light, cfg.max_diff_light)
+    direction = tf.concat([raw[:, 2:4], tf.ones_like(raw[:, :1])], axis=1)
+    direction = direction / tf.norm(direction, axis=1, keepdims=True)
+    return tf.concat([ambient, diffuse, raw[:, 2:4]], axis=1), direction
+
+  def view(self, images):
+    """Viewpoint [B, 6]: rotations in radians, then translations (METHOD 2)."""
+    cfg = self.config
+    raw = self.net_view(images)
+    return tf.concat([raw[:, 0:3] * math.radians(cfg.xyz_rotation_range),
+                      raw[:, 3:5] * cfg.xy_translation_range,
+                      raw[:, 5:6] * cfg.z_translation_range], axis=1)
+
+  def shade(self, depth, albedo, light, direction):
+    """Normals, diffuse shading, shading and canonical image (METHOD 4)."""
+    normal = geometry.normals_from_depth(depth, self.renderer.camera)
+    diffuse_shading = tf.maximum(
+        tf.reduce_sum(normal * direction[:, None, None, :], -1, keepdims=True), 0.0)
+    shading = light[:, None, None, 0:1] + light[:, None, None, 1:2] * diffuse_shading
+    image = (albedo / 2 + 0.5) * shading * 2 - 1
+    return normal, diffuse_shading, shading, image
+
+  # -- forward -------------------------------------------------------------
+
+  def call(self, images, training=False) -> Decomposition:
+    """Decomposes images [B, S, S, 3] in [-1, 1] (METHOD 2-5)."""
+    images = tf.convert_to_tensor(images, tf.float32)
+    batch = tf.shape(images)[0]
+    depth = self.depth(images)
+    albedo = self.net_albedo(images)
+    light, direction = self.light(images)
+    view = self.view(images)
+
+    # Both halves at once: predicted factors and their mirror images share
+    # the light and the viewpoint (METHOD 3).
+    depth2 = tf.concat([depth, flip(depth)], 0)
+    albedo2 = tf.concat([albedo, flip(albedo)], 0)
+    light2, direction2 = tf.tile(light, [2, 1]), tf.tile(direction, [2, 1])
+    view2 = tf.tile(view, [2, 1])
+    normal2, diffuse2, shading2, canon_image2 = self.shade(depth2, albedo2, light2,
+                                                           direction2)
+
+    recon_depth2 = self.renderer.reconstructed_depth(depth2, view2)
+    recon_normal2 = geometry.normals_from_depth(recon_depth2, self.renderer.camera)
+    recon_image2 = self.renderer.reconstruct_image(canon_image2, recon_depth2, view2)
+    recon_mask2 = self.renderer.valid_mask(recon_depth2)
+    mask = tf.stop_gradient(recon_mask2[:batch] * recon_mask2[batch:])
+    recon_image2 = recon_image2 * tf.tile(mask, [2, 1, 1])[..., None]
+
+    conf_l1 = conf_percl = None
+    if self.net_conf is not None:
+      conf_l1, conf_percl = self.net_conf(images)
+
+    first, second = lambda t: t[:batch], lambda t: t[batch:]
+    return Decomposition(
+        canon_depth=depth, canon_albedo=albedo, canon_normal=first(normal2),
+        canon_diffuse_shading=first(diffuse2), canon_shading=first(shading2),
+        canon_image=first(canon_image2), light=light, light_direction=direction,
+        view=view,
+        recon_depth=first(recon_depth2), recon_depth_flip=second(recon_depth2),
+        recon_normal=first(recon_normal2), recon_normal_flip=second(recon_normal2),
+        recon_image=first(recon_image2), recon_image_flip=second(recon_image2),
+        recon_mask=first(recon_mask2), recon_mask_flip=second(recon_mask2),
+        mask=mask, conf_sigma_l1=conf_l1, conf_sigma_percl=conf_percl)
+
+  # -- losses and training -------------------------------------------------
+
+  def compute_losses(self, images, out: Decomposition) -> Dict[str, tf.Tensor]:
+    """Every loss term of METHOD 6 and the total, by name."""
+    cfg = self.config
+    sigma = lambda conf, i: None if conf is None else conf[..., i:i + 1]
+    terms = {
+        "l1": losses_lib.photometric_loss(out.recon_image, images, out.mask,
+                                          sigma(out.conf_sigma_l1, 0)),
+        "l1_flip": losses_lib.photometric_loss(out.recon_image_flip, images, out.mask,
+                                               sigma(out.conf_sigma_l1, 1)),
+    }
+    lam_flip = tf.cast(self.lam_flip, tf.float32)
+    total = terms["l1"] + lam_flip * terms["l1_flip"]
+    if self.perceptual.enabled and cfg.lam_perc > 0:
+      batch = tf.shape(images)[0]
+      # One VGG pass for both reconstructions and the input.
+      feats = self.perceptual.features(
+          tf.concat([out.recon_image, out.recon_image_flip, images], 0))
+      f_recon, f_flip, f_input = feats[:batch], feats[batch:2 * batch], feats[2 * batch:]
+      terms["perc"] = losses_lib.feature_loss(f_recon, f_input, out.mask,
+                                              sigma(out.conf_sigma_percl, 0))
+      terms["perc_flip"] = losses_lib.feature_loss(f_flip, f_input, out.mask,
+                                                   sigma(out.conf_sigma_percl, 1))
+      total += cfg.lam_perc * (terms["perc"] + lam_flip * terms["perc_flip"])
+    if cfg.lam_depth_sm > 0:
+      terms["depth_smooth"] = losses_lib.depth_smoothness(
+          out.canon_depth, cfg.min_depth, cfg.max_depth)
+      total += cfg.lam_depth_sm * terms["depth_smooth"]
+    terms["total"] = total
+    return terms
+
+  def train_step(self, data):
+    """One Adam step on a batch of images (Keras `fit` calls this).
+
+    Weight decay is classic L2 (METHOD 6): `weight_decay * w` is added to each
+    gradient before Adam, not decoupled as in AdamW.
+    """
+    images = data[0] if isinstance(data, (tuple, list)) else data
+    variables = self.trainable_variables
+    with tf.GradientTape() as tape:
+      terms = self.compute_losses(images, self(images, training=True))
+      # fit() sums replica gradients: scale to the global-batch mean.
+      replicas = tf.distribute.get_strategy().num_replicas_in_sync
+      scaled = terms["total"] / replicas
+    grads = tape.gradient(scaled, variables)
+    decay = self.config.weight_decay
+    grads = [g + decay * v if g is not None else g for g, v in zip(grads, variables)]
+    self.optimizer.apply_gradients(zip(grads, variables))
+    return terms
+
+
+def make_optimizer(config: ModelConfig) -> keras.optimizers.Optimizer:
+  """Adam(lr, betas 0.9 / 0.999) as the reference; decay lives in train_step."""
+  return keras.optimizers.Adam(config.learning_rate, beta_1=0.9, beta_2=0.999,
+                               epsilon=1e-8)

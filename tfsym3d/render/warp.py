@@ -1,0 +1,145 @@
+"""The renderer operations of METHOD 5 and the yaw animation of METHOD 9.
+
+`Renderer` holds what is fixed for a model (camera, mesh connectivity, depth
+range, rasterizer backend); every method is a pure function of its tensors.
+"""
+
+import math
+
+import tensorflow as tf
+
+from tfsym3d import geometry
+from tfsym3d.config import ModelConfig
+from tfsym3d.render import interpolate as interpolate_lib
+from tfsym3d.render import mesh
+from tfsym3d.render import rasterize as rasterize_lib
+from tfsym3d.render.sample import bilinear_sample
+
+
+class Renderer:
+  """Reprojects canonical depth and images into the input view.
+
+  Args:
+    config: the model's constants (image size, fov, depth range, backend).
+  """
+
+  def __init__(self, config: ModelConfig):
+    self.config = config
+    self.camera = geometry.Camera.from_fov(config.image_size, config.fov,
+                                           config.znear, config.zfar)
+    self.faces = mesh.grid_faces(config.image_size, config.image_size)
+
+  @property
+  def depth_clamp(self):
+    """(low, high) bounds of reconstructed depth (METHOD 5)."""
+    margin = self.config.depth_margin
+    return self.config.min_depth - margin, self.config.max_depth + margin
+
+  def rasterize(self, vertices):
+    """Rasterizes [B, S*S, 3] camera-space grid-mesh vertices -> Fragments."""
+    return rasterize_lib.rasterize(vertices, self.faces, self.camera,
+                                   self.config.rasterizer)
+
+  def render_depth(self, vertices):
+    """Depth of [B, S*S, 3] grid-mesh vertices seen by the camera: [B, S, S].
+
+    Pixels no triangle covers get the far plane (zfar).
+    """
+    fragments = self.rasterize(vertices)
+    depth = interpolate_lib.interpolate(vertices[..., 2:3], self.faces, fragments,
+                                        background=self.config.zfar)
+    return depth[..., 0]
+
+  def reconstructed_depth(self, canon_depth, view):
+    """Canonical depth seen from the predicted viewpoint, clamped (METHOD 5).
+
+    Args:
+      canon_depth: [B, S, S] canonical depth.
+      view: [B, 6] (rx, ry, rz) radians and (tx, ty, tz).
+    Returns:
+      [B, S, S] depth in the input view, clamped to `depth_clamp`; pixels no
+      triangle covers end at the upper bound.
+    """
+    vertices = mesh.depth_to_vertices(canon_depth, self.camera)
+    vertices = geometry.rigid_transform(vertices, view, self.config.rot_center_depth)
+    low, high = self.depth_clamp
+    return tf.clip_by_value(self.render_depth(vertices), low, high)
+
+  def valid_mask(self, recon_depth):
+    """[B, S, S] 1.0 where the reconstruction saw the object (METHOD 5)."""
+    return tf.cast(recon_depth < self.depth_clamp[1], recon_depth.dtype)
+
+  def canonical_grid(self, recon_depth, view):
+    """Where each input-view pixel lands in the canonical image (METHOD 5).
+
+    Unprojects the input-view depth, applies the inverse rigid transform and
+    projects into the canonical view.
+
+    Args:
+      recon_depth: [B, S, S]; view: [B, 6].
+    Returns:
+      [B, S, S, 2] sampling grid (x, y) in [-1, 1] (align corners).
+    """
+    points = geometry.unproject(recon_depth, self.camera)
+    points = geometry.inverse_rigid_transform(points, view, self.config.rot_center_depth)
+    uv = geometry.project(points, self.camera)
+    return geometry.pixels_to_grid(uv, self.config.image_size)
+
+  def reconstruct_image(self, canon_image, recon_depth, view):
+    """Samples the canonical image into the input view: [B, S, S, 3]."""
+    return bilinear_sample(canon_image, self.canonical_grid(recon_depth, view))
+
+  def yaw_views(self, canon_depth, vertex_colors, num_frames: int = 9,
+                max_yaw_degrees: float = 90.0, background=1.0):
+    """Renders the canonical mesh turning about the y axis (METHOD 9).
+
+    Args:
+      canon_depth: [B, S, S] canonical depth.
+      vertex_colors: [B, S, S, C] a colour per vertex (e.g. the canonical
+        image or normals, mapped to [0, 1]).
+      num_frames: yaws evenly spaced from -max_yaw to +max_yaw.
+      background: colour of uncovered pixels.
+    Returns:
+      [num_frames, B, S, S, C] frames.
+    """
+    vertices = mesh.depth_to_vertices(canon_depth, self.camera)
+    colors = tf.reshape(vertex_colors, [tf.shape(vertex_colors)[0], -1,
+                                        vertex_colors.shape[-1]])
+    frames = []
+    for yaw in tf.linspace(-max_yaw_degrees, max_yaw_degrees, num_frames).numpy():
+      view = yaw_view(tf.shape(canon_depth)[0], float(yaw))
+      turned = geometry.rigid_transform(vertices, view, self.config.rot_center_depth)
+      fragments = self.rasterize(turned)
+      frames.append(interpolate_lib.interpolate(colors, self.faces, fragments, background))
+    return tf.stack(frames)
+
+  def shaded_yaw_views(self, canon_depth, num_frames: int = 9,
+                       max_yaw_degrees: float = 90.0, light=(0.0, 0.0, 1.0)):
+    """Textureless views of the turning shape, lit from the camera side.
+
+    Shading is recomputed in every view from the rendered depth, so what is
+    shown is the geometry alone. Returns [num_frames, B, S, S, 1] in [0, 1].
+    """
+    vertices = mesh.depth_to_vertices(canon_depth, self.camera)
+    direction = tf.constant(light, tf.float32)
+    direction = direction / tf.norm(direction)
+    frames = []
+    for yaw in tf.linspace(-max_yaw_degrees, max_yaw_degrees, num_frames).numpy():
+      view = yaw_view(tf.shape(canon_depth)[0], float(yaw))
+      turned = geometry.rigid_transform(vertices, view, self.config.rot_center_depth)
+      fragments = self.rasterize(turned)
+      depth = interpolate_lib.interpolate(turned[..., 2:3], self.faces, fragments,
+                                          background=self.config.zfar)[..., 0]
+      normal = geometry.normals_from_depth(depth, self.camera)
+      # Same convention as the model's shading (METHOD 4): normals of a
+      # facing surface and a light from the camera both point along +z.
+      shade = tf.maximum(tf.reduce_sum(normal * direction, -1, keepdims=True), 0.0)
+      shade = 0.2 + 0.8 * shade
+      frames.append(shade * fragments.mask[..., None] + (1 - fragments.mask[..., None]))
+    return tf.stack(frames)
+
+
+def yaw_view(batch, yaw_degrees: float):
+  """[B, 6] view that turns by `yaw_degrees` about the y axis, no translation."""
+  yaw = math.radians(yaw_degrees)
+  return tf.tile(tf.constant([[0.0, yaw, 0.0, 0.0, 0.0, 0.0]]), [batch, 1])

@@ -23,5 +23,5 @@ def interpolate(attributes, faces, fragments: Fragments, background=0.0):
   vertex_ids = tf.gather(faces, face_id)                            # [B,H,W,3]
   corner_values = tf.gather(attributes, vertex_ids, batch_dims=1)   # [B,H,W,3,C]
   values = tf.einsum("bhwk,bhwkc->bhwc", fragments.barycentrics, corner_values)
-  mask = fragments.mask[..., None]
+  mask = tf.cast(fragments.mask[..., None], values.dtype)
   return values * mask + tf.cast(background, values.dtype) * (1 - mask)

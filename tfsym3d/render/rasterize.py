@@ -220,7 +220,7 @@ def visible_faces(screen, faces, height: int, width: int, znear=0.1, zfar=10.0):
   Returns:
     [B, H, W] int32 face ids, -1 where no triangle covers the pixel centre.
   """
-  screen = tf.stop_gradient(tf.convert_to_tensor(screen, tf.float32))
+  screen = tf.cast(tf.stop_gradient(screen), tf.float32)
   faces = tf.convert_to_tensor(faces, tf.int32)
   batch = tf.shape(screen)[0]
   num_faces = tf.shape(faces)[0]
@@ -263,7 +263,7 @@ def barycentrics_for(screen, faces, face_id):
   vertex_ids = tf.gather(faces, tf.maximum(face_id, 0))             # [B,H,W,3]
   corners = tf.gather(screen, vertex_ids, batch_dims=1)            # [B,H,W,3,3]
   xs, ys, zs = corners[..., 0], corners[..., 1], corners[..., 2]
-  uv = geometry.pixel_grid(height, width)
+  uv = tf.cast(geometry.pixel_grid(height, width), screen.dtype)
   px, py = uv[..., 0][..., None], uv[..., 1][..., None]
   xa, ya = tf.gather(xs, [1, 2, 0], axis=-1), tf.gather(ys, [1, 2, 0], axis=-1)
   xb, yb = tf.gather(xs, [2, 0, 1], axis=-1), tf.gather(ys, [2, 0, 1], axis=-1)
@@ -288,7 +288,7 @@ def rasterize_tf(vertices, faces, camera: geometry.Camera) -> Fragments:
   Returns:
     Fragments with [B, S, S] face ids, barycentrics and mask.
   """
-  vertices = tf.convert_to_tensor(vertices, tf.float32)
+  vertices = tf.convert_to_tensor(vertices)
   faces = tf.convert_to_tensor(faces, tf.int32)
   size = camera.image_size
   screen = tf.concat([geometry.project(vertices, camera), vertices[..., 2:3]], -1)

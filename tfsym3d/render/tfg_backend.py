@@ -16,9 +16,10 @@ are compiled here on first use and cached on disk:
 - the compiler is `$CXX`, else the first of g++, c++, clang++ on PATH.
 
 The per-pixel barycentrics the kernel returns carry no gradient; they are
-recomputed differentiably from the clip-space vertices with
-`tensorflow_graphics.rendering.barycentrics.differentiable_barycentrics`, so
-gradients reach the vertex positions through the visible triangles.
+recomputed differentiably from the clip-space vertices of the visible
+triangles (tensorflow-graphics' edge functions, evaluated relative to the
+pixel for accuracy, or its own `differentiable_barycentrics` on request), so
+gradients reach the vertex positions.
 """
 
 import fcntl
@@ -181,6 +182,8 @@ def build_kernel_library(directory=None) -> pathlib.Path:
               f"Compiling the tensorflow-graphics rasterizer kernel failed "
               f"(exit code {result.returncode}) with:\n  {' '.join(argv)}\n"
               f"Compiler output (tail):\n{tail}")
+        # mkstemp made it private; the cache may be shared.
+        os.chmod(temp, 0o755)
         os.replace(temp, library)
       finally:
         if os.path.exists(temp):
@@ -230,29 +233,33 @@ def clip_matrix(camera: Camera) -> tf.Tensor:
        [0, 0, 1, 0]], tf.float32)
 
 
-def _edge_function_barycentrics(clip, faces, triangle_ids, size):
+def _stable_barycentrics(clip, faces, triangle_ids, size):
   """Perspective-correct barycentrics [B, S, S, 3] of each pixel's triangle.
 
-  With the homogeneous 2D vertices q_k = (x_k, y_k, w_k) of the triangle and
-  the NDC pixel centre p = (px, py, 1), b_k is proportional to
-  det[p, q_(k+1), q_(k+2)] = p . (q_(k+1) x q_(k+2)) (Olano and Greer), the same
-  edge functions tensorflow-graphics uses; normalising makes them sum to 1
-  (and cancels the orientation sign).
+  The same homogeneous 2D edge functions as tensorflow-graphics (Olano and
+  Greer): with q_k = (x_k, y_k, w_k) in clip space and the NDC pixel centre
+  p = (px, py, 1), b_k is proportional to det[p, q_(k+1), q_(k+2)]. Subtracting
+  w_k p from each q_k leaves the determinants unchanged and turns them into 2D
+  cross products of a_k = (x_k - w_k px, y_k - w_k py), the vertices' offsets
+  from the pixel: small numbers, so thin or nearly edge-on triangles do not
+  lose their barycentrics to cancellation as the O(1) clip products do.
+  Normalising makes them sum to 1 (and cancels the orientation sign).
   """
   xyw = tf.gather(clip, [0, 1, 3], axis=-1)                         # [B,N,3]
   corners = tf.gather(xyw, tf.gather(faces, triangle_ids), batch_dims=1)
-  q0, q1, q2 = tf.unstack(corners, axis=-2)                         # [B,S,S,3]
+  x, y, w = tf.unstack(corners, axis=-1)                            # [B,S,S,3]
   centres = (2 * tf.range(size, dtype=tf.float32) + 1) / size - 1
-  px, py = tf.meshgrid(centres, centres)
-  p = tf.stack([px, py, tf.ones_like(px)], -1)                      # [S,S,3]
-  edges = tf.stack([tf.reduce_sum(p * tf.linalg.cross(q1, q2), -1),
-                    tf.reduce_sum(p * tf.linalg.cross(q2, q0), -1),
-                    tf.reduce_sum(p * tf.linalg.cross(q0, q1), -1)], -1)
+  px, py = tf.meshgrid(centres, centres)                            # [S,S]
+  ax0, ax1, ax2 = tf.unstack(x - w * px[..., None], axis=-1)
+  ay0, ay1, ay2 = tf.unstack(y - w * py[..., None], axis=-1)
+  edges = tf.stack([ax1 * ay2 - ay1 * ax2,
+                    ax2 * ay0 - ay2 * ax0,
+                    ax0 * ay1 - ay0 * ax1], axis=-1)
   return tf.math.divide_no_nan(edges, tf.reduce_sum(edges, -1, keepdims=True))
 
 
 def rasterize_tfg(vertices, faces, camera: Camera,
-                  barycentric_impl: str = "tfg") -> Fragments:
+                  barycentric_impl: str = "stable") -> Fragments:
   """Rasterizes a batch of meshes with tensorflow-graphics' CPU kernel.
 
   The nearest triangle (z-buffer) whose depth is within [znear, zfar] wins each
@@ -267,19 +274,23 @@ def rasterize_tfg(vertices, faces, camera: Camera,
       forward).
     faces: [F, 3] int32 vertex ids, shared by the batch.
     camera: image size, intrinsics and depth range.
-    barycentric_impl: "tfg" recomputes the barycentrics with
-      tensorflow-graphics' `differentiable_barycentrics` (an implementation
-      independent of ours); "fast" evaluates the same edge functions in one
-      batched gather (same values to float rounding, ~3x faster backward
-      pass: tfg's strided slices and per-image map dominate its gradient).
+    barycentric_impl: how the differentiable barycentrics are recomputed
+      for the visible triangles (both from clip space, at the same pixel
+      centres, with the same edge functions):
+      "stable" (default): evaluated relative to each pixel centre in one
+        batched gather; rendered depth within ~2e-6 of the exact ray-triangle
+        depth, and ~4x faster with gradients than "tfg".
+      "tfg": tensorflow-graphics' `differentiable_barycentrics`. Its O(1)
+        clip-space products cancel for thin or nearly edge-on triangles: up
+        to ~3e-5 depth error on 60-degree views of 64 x 64 depth meshes.
   Returns:
     Fragments with face_id [B, S, S] int32 (-1 where no triangle covers the
     pixel centre), barycentrics [B, S, S, 3] float32 (perspective-correct,
     differentiable w.r.t. `vertices`, 0 where not covered) and mask [B, S, S]
     float32.
   """
-  if barycentric_impl not in ("tfg", "fast"):
-    raise ValueError(f"barycentric_impl must be 'tfg' or 'fast', got "
+  if barycentric_impl not in ("stable", "tfg"):
+    raise ValueError(f"barycentric_impl must be 'stable' or 'tfg', got "
                      f"{barycentric_impl!r}")
   ops = load_kernel()
   vertices = tf.convert_to_tensor(vertices, tf.float32)
@@ -323,7 +334,7 @@ def rasterize_tfg(vertices, faces, camera: Camera,
         framebuffer, clip, faces, use_vectorized_map=False)
     barycentrics = framebuffer.barycentrics.value
   else:
-    barycentrics = _edge_function_barycentrics(clip, faces, triangle_ids, size)
+    barycentrics = _stable_barycentrics(clip, faces, triangle_ids, size)
   barycentrics = barycentrics * mask[..., None]
 
   face_id = tf.where(covered, triangle_ids, -1)

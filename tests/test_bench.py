@@ -1,0 +1,80 @@
+"""The benchmarks run end to end at tiny sizes and report sane figures."""
+
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+from tfsym3d import bench
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+ENVIRONMENT_KEYS = {"device", "tensorflow", "keras", "load_avg_before", "load_avg_after"}
+
+
+def _positive(value):
+  return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_renderer_command_line_prints_one_json_object():
+  env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+             TF_CPP_MIN_LOG_LEVEL="2")
+  run = subprocess.run(
+      [sys.executable, "-m", "tfsym3d.bench", "renderer", "--json", "--batch_size", "2",
+       "--image_size", "16", "--repeats", "2", "--warmup", "1", "--backends", "tf"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+  assert run.returncode == 0, run.stderr[-3000:]
+  result = json.loads(run.stdout)  # the whole of stdout: one object, nothing else
+  assert {"backend_ms", "speedup_vs_tfg", "batch_size", "image_size", "warmup_s",
+          "first_call_s", "times_ms", "errors"} <= result.keys()
+  assert ENVIRONMENT_KEYS <= result.keys()
+  assert result["batch_size"] == 2 and result["image_size"] == 16
+  assert list(result["backend_ms"]) == ["tf"] and result["errors"] == {}
+  assert _positive(result["backend_ms"]["tf"])
+  assert _positive(result["warmup_s"]["tf"]) and _positive(result["first_call_s"]["tf"])
+  assert len(result["times_ms"]["tf"]) == 2 and all(map(_positive, result["times_ms"]["tf"]))
+  # Only one backend ran: no ratio.
+  assert result["speedup_vs_tfg"] is None
+  assert "tf " in bench.format_table(result)
+
+
+def test_renderer_reports_a_failing_backend_as_null_and_goes_on():
+  # An unknown backend fails when the Renderer is built, before any tracing.
+  result = bench.renderer_benchmark(batch_size=1, image_size=16, repeats=1,
+                                    backends=("nope",), progress=False)
+  assert result["backend_ms"] == {"nope": None}
+  assert "nope" in result["errors"]["nope"]
+  assert result["speedup_vs_tfg"] is None
+  json.dumps(result, allow_nan=False)
+  assert "nope unavailable" in bench.format_table(result)
+
+
+def test_renderer_inputs_ranges():
+  config = bench.ModelConfig(image_size=16)
+  depth, view = bench.renderer_inputs(4, 16, config, seed=1)
+  assert depth.shape == (4, 16, 16) and view.shape == (4, 6)
+  inner = depth.numpy()[:, :, 2:-2]
+  assert inner.min() >= config.min_depth and inner.max() <= config.max_depth
+  assert (depth.numpy()[:, :, :2] == bench._BORDER_DEPTH).all()
+  assert abs(view.numpy()[:, :3]).max() <= math.radians(config.xyz_rotation_range)
+  assert abs(view.numpy()[:, 3:5]).max() <= config.xy_translation_range
+  assert (view.numpy()[:, 5] == 0).all()
+
+
+def test_train_step_benchmark_tiny():
+  result = bench.train_step_benchmark(batch_size=2, image_size=16, nf=8, steps=1, warmup=1,
+                                      vgg_weights="none", progress=False)
+  json.dumps(result, allow_nan=False)
+  assert {"images_per_s", "step_ms", "batch_size", "image_size", "params", "rasterizer",
+          "first_step_s", "warmup_s", "step_times_ms"} <= result.keys()
+  assert ENVIRONMENT_KEYS <= result.keys()
+  assert result["batch_size"] == 2 and result["image_size"] == 16 and result["nf"] == 8
+  assert result["rasterizer"] == "tf" and result["perceptual_loss"] is False
+  assert _positive(result["images_per_s"]) and _positive(result["step_ms"])
+  assert _positive(result["first_step_s"])
+  assert set(result["params"]) == {"netD", "netA", "netL", "netV", "netC"}
+  assert all(map(_positive, result["params"].values()))
+  assert result["params_total"] == sum(result["params"].values())
+  assert math.isfinite(result["last_total_loss"])
+  assert "images/s" in bench.format_table(result)

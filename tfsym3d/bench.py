@@ -1,0 +1,400 @@
+"""Speed benchmarks: the renderer's backends and one full training step.
+
+Usage:
+
+  python -m tfsym3d.bench renderer [--json] [--batch_size 128] [--image_size 64]
+      [--repeats 5] [--backends tf,tfg]
+  python -m tfsym3d.bench train_step [--json] [--batch_size 16] [--image_size 64]
+      [--nf 64] [--steps 5] [--warmup 2] [--rasterizer tf] [--vgg_weights random]
+
+`renderer` times what the model does to reproject a batch of canonical depth
+maps into their views (METHOD 5): `Renderer.reconstructed_depth` (mesh,
+rigid transform, rasterization, depth interpolation) followed by
+`Renderer.canonical_grid` (the sampling grid), once per rasterizer backend.
+
+`train_step` times the function Keras' `fit` runs for every batch
+(`model.make_train_function()` over a `tf.data` iterator, which calls
+`Unsup3D.train_step`): forward pass, every loss including the perceptual one,
+gradients and the Adam update.
+
+Benchmarks measure and report; they never assert. Figures go to stdout, as a
+table or (--json) as exactly one JSON object; logs and progress bars go to
+stderr. The benchmark functions return plain dicts, so tests and notebooks can
+call them without flags.
+"""
+
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from typing import Dict, Optional, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from tfsym3d.config import ModelConfig
+
+BENCHMARKS = ("renderer", "train_step")
+# Settings of the reference run (64 px faces); 0 / None on the command line
+# means "this benchmark's default".
+DEFAULTS = {
+    "renderer": {"batch_size": 128, "warmup": 2},
+    "train_step": {"batch_size": 16, "warmup": 2},
+}
+# Depth the synthetic canonical maps get on their 2 leftmost and rightmost
+# columns, as the model writes a constant there (it uses config.border_depth,
+# 1.04 at the default range: the cost does not depend on the exact value).
+_BORDER_DEPTH = 1.05
+
+
+# -- environment -------------------------------------------------------------
+
+
+def device_description() -> str:
+  """What the benchmark ran on: accelerators if any, else the CPU model."""
+  gpus = tf.config.list_physical_devices("GPU")
+  if gpus:
+    names = []
+    for gpu in gpus:
+      details = tf.config.experimental.get_device_details(gpu)
+      names.append(details.get("device_name", gpu.name))
+    return "GPU: " + ", ".join(names)
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          cpu = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  return f"CPU: {cpu} ({os.cpu_count()} logical cores)"
+
+
+def load_average() -> Optional[list]:
+  """1, 5 and 15 minute load averages (other processes skew the figures)."""
+  try:
+    return [round(x, 2) for x in os.getloadavg()]
+  except OSError:
+    return None
+
+
+def _environment() -> dict:
+  import keras  # pylint: disable=g-import-not-at-top
+  return {"device": device_description(), "tensorflow": tf.__version__,
+          "keras": keras.__version__, "load_avg_before": load_average()}
+
+
+def _median_ms(seconds: Sequence[float]) -> float:
+  return statistics.median(seconds) * 1000.0
+
+
+def _resolve(value, benchmark, name):
+  """A flag value, or the benchmark's default when it is 0 / None."""
+  return DEFAULTS[benchmark][name] if not value else value
+
+
+# -- renderer ----------------------------------------------------------------
+
+
+def renderer_inputs(batch_size: int, image_size: int, config: ModelConfig, seed: int = 0):
+  """Random smooth canonical depth maps and views, reproducibly.
+
+  Returns:
+    depth [B, S, S] in [min_depth, max_depth] with constant border columns;
+    view [B, 6]: rotations uniform within +-xyz_rotation_range (radians),
+    x, y translations within +-xy_translation_range, no z translation.
+  """
+  rng = np.random.default_rng(seed)
+  # Bilinear upsampling of coarse noise: smooth, and stays within [0, 1].
+  coarse = rng.uniform(0.0, 1.0, (batch_size, 6, 6, 1)).astype(np.float32)
+  smooth = tf.image.resize(coarse, [image_size, image_size], method="bilinear")[..., 0]
+  depth = config.min_depth + (config.max_depth - config.min_depth) * smooth
+  columns = np.zeros([image_size], np.float32)
+  columns[:2] = columns[-2:] = 1.0
+  depth = depth * (1 - columns) + _BORDER_DEPTH * columns
+  max_angle = math.radians(config.xyz_rotation_range)
+  rotation = rng.uniform(-max_angle, max_angle, (batch_size, 3))
+  shift = rng.uniform(-config.xy_translation_range, config.xy_translation_range,
+                      (batch_size, 2))
+  view = np.concatenate([rotation, shift, np.zeros([batch_size, 1])], axis=1)
+  return tf.constant(depth, tf.float32), tf.constant(view, tf.float32)
+
+
+def _time_renderer_backend(backend, depth, view, image_size, repeats, warmup, progress):
+  """(per-call seconds, first-call seconds, warm-up seconds) of one backend.
+
+  The first call's and the warm-up's seconds include building or loading the
+  tfg kernel.
+  """
+  from tfsym3d.render.warp import Renderer  # pylint: disable=g-import-not-at-top
+  renderer = Renderer(ModelConfig(image_size=image_size, rasterizer=backend,
+                                  vgg_weights="none"))
+
+  @tf.function
+  def reproject(canon_depth, views):
+    recon_depth = renderer.reconstructed_depth(canon_depth, views)
+    return recon_depth, renderer.canonical_grid(recon_depth, views)
+
+  # Build or load the tfg kernel eagerly, not while tracing (where AutoGraph
+  # would try to convert the compile and loading code); part of the warm-up.
+  setup = 0.0
+  if backend == "tfg":
+    from tfsym3d.render import tfg_backend  # pylint: disable=g-import-not-at-top
+    start = time.perf_counter()
+    tfg_backend.load_kernel()
+    setup = time.perf_counter() - start
+    logging.info("renderer[tfg]: kernel ready in %.1f s", setup)
+
+  def call():
+    start = time.perf_counter()
+    outputs = reproject(depth, view)
+    # Fetching the values waits for the computation to finish.
+    _ = [t.numpy() for t in outputs]
+    return time.perf_counter() - start
+
+  logging.info("renderer[%s]: warming up (%d untimed calls; the first traces the "
+               "function, compiles the XLA stages and, for 'tfg', builds or "
+               "loads the kernel)", backend, warmup)
+  warm = [call() for _ in range(warmup)]
+  times = [call() for _ in tqdm(range(repeats), desc=f"renderer[{backend}]",
+                                file=sys.stderr, disable=not progress, leave=False)]
+  return times, setup + warm[0], setup + sum(warm)
+
+
+def renderer_benchmark(batch_size: int = 128, image_size: int = 64, repeats: int = 5,
+                       backends: Sequence[str] = ("tf", "tfg"), warmup: int = 2,
+                       seed: int = 0, progress: bool = True) -> Dict:
+  """Median time to reproject B depth maps of S x S through each backend.
+
+  One call is `Renderer.reconstructed_depth` then `Renderer.canonical_grid`
+  inside a `tf.function`. The first `warmup` calls (at least one: tracing,
+  XLA and kernel compilation) are not timed; their seconds are reported.
+
+  Returns:
+    A dict: backend_ms (median per backend; None where the backend failed,
+    with the reason in errors), times_ms (every timed call), speedup_vs_tfg
+    (tfg ms / tf ms, None unless both ran), first_call_s and warmup_s per
+    backend, batch_size, image_size, repeats and the environment.
+  """
+  warmup = max(int(warmup), 1)
+  config = ModelConfig(image_size=image_size, vgg_weights="none")
+  depth, view = renderer_inputs(batch_size, image_size, config, seed)
+  result = {"benchmark": "renderer", "batch_size": batch_size, "image_size": image_size,
+            "repeats": repeats, "warmup_calls": warmup, "backend_ms": {},
+            "times_ms": {}, "first_call_s": {}, "warmup_s": {}, "errors": {}}
+  result.update(_environment())
+  for backend in backends:
+    try:
+      times, first, warm = _time_renderer_backend(backend, depth, view, image_size,
+                                                  repeats, warmup, progress)
+    except Exception as e:  # pylint: disable=broad-except
+      # A missing compiler (tfg) must not stop the other backends.
+      reason = f"{type(e).__name__}: {e}"
+      logging.warning("renderer[%s] unavailable: %s", backend, reason)
+      result["backend_ms"][backend] = None
+      result["times_ms"][backend] = None
+      result["first_call_s"][backend] = result["warmup_s"][backend] = None
+      result["errors"][backend] = reason
+      continue
+    result["backend_ms"][backend] = _median_ms(times)
+    result["times_ms"][backend] = [t * 1000.0 for t in times]
+    result["first_call_s"][backend] = first
+    result["warmup_s"][backend] = warm
+  tf_ms, tfg_ms = result["backend_ms"].get("tf"), result["backend_ms"].get("tfg")
+  result["speedup_vs_tfg"] = tfg_ms / tf_ms if tf_ms and tfg_ms else None
+  result["load_avg_after"] = load_average()
+  return result
+
+
+# -- train_step --------------------------------------------------------------
+
+
+def random_vgg16_weights(directory: str) -> str:
+  """Saves a randomly initialised VGG16 (no top) and returns the file's path.
+
+  Timing needs the perceptual loss's computation, not meaningful features;
+  there is no download here.
+  """
+  import keras  # pylint: disable=g-import-not-at-top
+  path = os.path.join(directory, "vgg16_random.weights.h5")
+  keras.applications.VGG16(include_top=False, weights=None).save_weights(path)
+  return path
+
+
+def train_step_benchmark(batch_size: int = 16, image_size: int = 64, nf: int = 64,
+                         steps: int = 5, warmup: int = 2, rasterizer: str = "tf",
+                         vgg_weights: str = "random", seed: int = 0,
+                         progress: bool = True, **config_overrides) -> Dict:
+  """Images per second of full training steps at a given configuration.
+
+  Builds `Unsup3D(ModelConfig(...))`, compiles it with `make_optimizer` and
+  runs the function `fit` runs per batch (`make_train_function`, fed from a
+  `tf.data` iterator of one repeated batch), synchronising on the returned
+  loss. The first `warmup` steps (at least one: tracing) are not timed.
+
+  Args:
+    vgg_weights: 'random' (a randomly initialised VGG16 saved to a temporary
+      file: same cost, meaningless loss values), 'imagenet', 'none' (the
+      perceptual term off) or a weights file path.
+    config_overrides: further ModelConfig fields (e.g. zdim for tests).
+  Returns:
+    A dict: images_per_s and step_ms (median), step_times_ms, first_step_s and
+    warmup_s, params per network (count_params) and their total, the settings,
+    the last step's total loss and the environment.
+  """
+  import keras  # pylint: disable=g-import-not-at-top
+  from tfsym3d.model import Unsup3D, make_optimizer  # pylint: disable=g-import-not-at-top
+
+  warmup = max(int(warmup), 1)
+  keras.utils.set_random_seed(seed)
+  with tempfile.TemporaryDirectory(prefix="tfsym3d_bench_") as tmp:
+    weights = vgg_weights
+    if vgg_weights == "random":
+      weights = random_vgg16_weights(tmp)
+      logging.warning("train_step: VGG16 weights are RANDOM (--vgg_weights=random), "
+                      "for timing only: the perceptual loss costs the same as with "
+                      "ImageNet weights but its values mean nothing.")
+    config = ModelConfig(image_size=image_size, nf=nf, rasterizer=rasterizer,
+                         vgg_weights=weights, **config_overrides)
+    # The weights are read here; the temporary file is not needed afterwards.
+    model = Unsup3D(config)
+  model.compile(optimizer=make_optimizer(config))
+  model.build((None, image_size, image_size, 3))
+  # fit() builds the optimizer before tracing; do the same.
+  model.optimizer.build(model.trainable_variables)
+  model.make_train_function()
+
+  rng = np.random.default_rng(seed)
+  images = tf.constant(rng.uniform(-1, 1, (batch_size, image_size, image_size, 3)),
+                       tf.float32)
+  iterator = iter(tf.data.Dataset.from_tensors(images).repeat())
+
+  def step():
+    start = time.perf_counter()
+    logs = model.train_function(iterator)
+    total = float(logs["total"])  # waits for the step to finish
+    return time.perf_counter() - start, total
+
+  result = {"benchmark": "train_step", "batch_size": batch_size, "image_size": image_size,
+            "nf": nf, "rasterizer": rasterizer, "vgg_weights": vgg_weights,
+            "perceptual_loss": bool(model.perceptual.enabled), "steps": steps,
+            "warmup_steps": warmup, "jit_compile": bool(model.jit_compile)}
+  result.update(_environment())
+  result["params"] = {name: int(net.count_params()) for name, net in model.networks.items()}
+  result["params_total"] = sum(result["params"].values())
+
+  logging.info("train_step: warming up (%d untimed steps; the first traces the "
+               "step)", warmup)
+  warm = [step()[0] for _ in range(warmup)]
+  timed = [step() for _ in tqdm(range(steps), desc="train_step", file=sys.stderr,
+                                disable=not progress, leave=False)]
+  times = [t for t, _ in timed]
+  result["step_ms"] = _median_ms(times)
+  result["images_per_s"] = batch_size / statistics.median(times)
+  result["step_times_ms"] = [t * 1000.0 for t in times]
+  result["first_step_s"] = warm[0]
+  result["warmup_s"] = sum(warm)
+  # None if the loss diverged: JSON has no NaN.
+  result["last_total_loss"] = timed[-1][1] if math.isfinite(timed[-1][1]) else None
+  result["load_avg_after"] = load_average()
+  return result
+
+
+# -- command line ------------------------------------------------------------
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Defines the command-line flags (only when run as a program, so importing
+  this module never clashes with flags other modules define)."""
+  flags.DEFINE_bool("json", False, "Print exactly one JSON object on stdout "
+                    "instead of a table.")
+  flags.DEFINE_integer("batch_size", 0, "Batch size; 0: the benchmark's default "
+                       "(renderer 128, train_step 16).")
+  flags.DEFINE_integer("image_size", 64, "Image / depth map size S (multiple of 16).")
+  flags.DEFINE_integer("repeats", 5, "renderer: timed calls per backend (median).")
+  flags.DEFINE_list("backends", ["tf", "tfg"], "renderer: rasterizer backends to time.")
+  flags.DEFINE_integer("steps", 5, "train_step: timed steps (median).")
+  flags.DEFINE_integer("warmup", 0, "Untimed calls / steps before timing; 0: the "
+                       "benchmark's default (2). The first call (tracing, "
+                       "compilation) is never timed.")
+  flags.DEFINE_integer("nf", 64, "train_step: width of the depth and albedo networks.")
+  flags.DEFINE_enum("rasterizer", "tf", ["tf", "tfg"], "train_step: rasterizer backend.")
+  flags.DEFINE_string("vgg_weights", "random", "train_step: VGG16 weights of the "
+                      "perceptual loss: 'random' (timing only, no download), "
+                      "'imagenet', 'none' (term off) or a weights file path.")
+  flags.DEFINE_integer("seed", 0, "Seed of the synthetic inputs and weights.")
+  flags.DEFINE_bool("progress", True, "Show progress bars on stderr.")
+
+
+def _fmt(value, spec):
+  return "n/a" if value is None else format(value, spec)
+
+
+def format_table(result: Dict) -> str:
+  """A human-readable report of a benchmark's result."""
+  lines = []
+  if result["benchmark"] == "renderer":
+    lines.append(f"renderer: reconstructed_depth + canonical_grid of "
+                 f"{result['batch_size']} depth maps of {result['image_size']}x"
+                 f"{result['image_size']}, median of {result['repeats']} calls")
+    lines.append(f"{'backend':<8} {'median ms':>10} {'min ms':>10} "
+                 f"{'1st call s':>11} {'warm-up s':>10}")
+    for backend, ms in result["backend_ms"].items():
+      times = result["times_ms"][backend]
+      lines.append(f"{backend:<8} {_fmt(ms, '10.1f')} "
+                   f"{_fmt(min(times) if times else None, '10.1f')} "
+                   f"{_fmt(result['first_call_s'][backend], '11.2f')} "
+                   f"{_fmt(result['warmup_s'][backend], '10.2f')}")
+    for backend, reason in result["errors"].items():
+      lines.append(f"{backend} unavailable: {reason}")
+    if result["speedup_vs_tfg"] is not None:
+      lines.append(f"speed-up of tf over tfg: {result['speedup_vs_tfg']:.2f}x")
+  else:
+    lines.append(f"train_step: batch {result['batch_size']}, {result['image_size']} px, "
+                 f"nf {result['nf']}, rasterizer {result['rasterizer']}, VGG weights "
+                 f"{result['vgg_weights']} (perceptual loss "
+                 f"{'on' if result['perceptual_loss'] else 'off'})")
+    lines.append(f"  {result['images_per_s']:.2f} images/s, {result['step_ms']:.0f} ms "
+                 f"per step (median of {result['steps']}; first step "
+                 f"{result['first_step_s']:.1f} s)")
+    params = ", ".join(f"{k} {v:,}" for k, v in result["params"].items())
+    lines.append(f"  params: {params} (total {result['params_total']:,})")
+  lines.append(f"device: {result['device']}; TF {result['tensorflow']}, Keras "
+               f"{result['keras']}; load average before {result['load_avg_before']}, "
+               f"after {result['load_avg_after']}")
+  return "\n".join(lines)
+
+
+def main(argv):
+  if len(argv) != 2 or argv[1] not in BENCHMARKS:
+    raise app.UsageError(f"Usage: python -m tfsym3d.bench {{{'|'.join(BENCHMARKS)}}} "
+                         "[--json] [flags]")
+  benchmark = argv[1]
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.INFO)
+  batch_size = _resolve(FLAGS.batch_size, benchmark, "batch_size")
+  warmup = _resolve(FLAGS.warmup, benchmark, "warmup")
+  if benchmark == "renderer":
+    result = renderer_benchmark(batch_size, FLAGS.image_size, FLAGS.repeats,
+                                FLAGS.backends, warmup, FLAGS.seed, FLAGS.progress)
+  else:
+    result = train_step_benchmark(batch_size, FLAGS.image_size, FLAGS.nf, FLAGS.steps,
+                                  warmup, FLAGS.rasterizer, FLAGS.vgg_weights,
+                                  FLAGS.seed, FLAGS.progress)
+  sys.stdout.write((json.dumps(result) if FLAGS.json else format_table(result)) + "\n")
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

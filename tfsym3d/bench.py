@@ -3,7 +3,7 @@
 Usage:
 
   python -m tfsym3d.bench renderer [--json] [--batch_size 128] [--image_size 64]
-      [--repeats 5] [--backends tf,tfg]
+      [--repeats 5] [--backends tf,tfg,tfg_own_bary]
   python -m tfsym3d.bench train_step [--json] [--batch_size 16] [--image_size 64]
       [--nf 64] [--steps 5] [--warmup 2] [--rasterizer tf] [--vgg_weights random]
 
@@ -23,6 +23,7 @@ stderr. The benchmark functions return plain dicts, so tests and notebooks can
 call them without flags.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -129,25 +130,47 @@ def renderer_inputs(batch_size: int, image_size: int, config: ModelConfig, seed:
   return tf.constant(depth, tf.float32), tf.constant(view, tf.float32)
 
 
-def _time_renderer_backend(backend, depth, view, image_size, repeats, warmup, progress):
+RENDERER_BACKENDS = ("tf", "tfg", "tfg_own_bary")
+
+
+def _time_renderer_backend(backend, depth, view, image_size, repeats, warmup, progress,
+                           backward=False):
   """(per-call seconds, first-call seconds, warm-up seconds) of one backend.
 
   The first call's and the warm-up's seconds include building or loading the
   tfg kernel.
   """
   from tfsym3d.render.warp import Renderer  # pylint: disable=g-import-not-at-top
-  renderer = Renderer(ModelConfig(image_size=image_size, rasterizer=backend,
+  # 'tfg_own_bary' is the kernel with tensorflow-graphics' own differentiable
+  # barycentrics (the path the issue measured); 'tfg' is what --rasterizer=tfg
+  # runs: the kernel with our pixel-relative barycentrics.
+  if backend not in RENDERER_BACKENDS:
+    raise ValueError(f"unknown renderer backend {backend!r}: use one of "
+                     f"{', '.join(RENDERER_BACKENDS)} (--backends)")
+  renderer = Renderer(ModelConfig(image_size=image_size,
+                                  rasterizer="tf" if backend == "tf" else "tfg",
                                   vgg_weights="none"))
+  if backend == "tfg_own_bary":
+    renderer.tfg_barycentrics = "tfg"
 
   @tf.function
   def reproject(canon_depth, views):
-    recon_depth = renderer.reconstructed_depth(canon_depth, views)
-    return recon_depth, renderer.canonical_grid(recon_depth, views)
+    if not backward:
+      recon_depth = renderer.reconstructed_depth(canon_depth, views)
+      return recon_depth, renderer.canonical_grid(recon_depth, views)
+    # Forward and backward, as in training: gradients of both outputs with
+    # respect to the canonical depth and the view.
+    with tf.GradientTape() as tape:
+      tape.watch([canon_depth, views])
+      recon_depth = renderer.reconstructed_depth(canon_depth, views)
+      grid = renderer.canonical_grid(recon_depth, views)
+      total = tf.reduce_sum(recon_depth) + tf.reduce_sum(grid)
+    return tape.gradient(total, [canon_depth, views])
 
   # Build or load the tfg kernel eagerly, not while tracing (where AutoGraph
   # would try to convert the compile and loading code); part of the warm-up.
   setup = 0.0
-  if backend == "tfg":
+  if backend.startswith("tfg"):
     from tfsym3d.render import tfg_backend  # pylint: disable=g-import-not-at-top
     start = time.perf_counter()
     tfg_backend.load_kernel()
@@ -171,12 +194,14 @@ def _time_renderer_backend(backend, depth, view, image_size, repeats, warmup, pr
 
 
 def renderer_benchmark(batch_size: int = 128, image_size: int = 64, repeats: int = 5,
-                       backends: Sequence[str] = ("tf", "tfg"), warmup: int = 2,
-                       seed: int = 0, progress: bool = True) -> Dict:
+                       backends: Sequence[str] = ("tf", "tfg", "tfg_own_bary"), warmup: int = 2,
+                       seed: int = 0, progress: bool = True, backward: bool = False
+                       ) -> Dict:
   """Median time to reproject B depth maps of S x S through each backend.
 
   One call is `Renderer.reconstructed_depth` then `Renderer.canonical_grid`
-  inside a `tf.function`. The first `warmup` calls (at least one: tracing,
+  inside a `tf.function` (with `backward`, also the gradients with respect to
+  the depth maps and views, as training needs). The first `warmup` calls (at least one: tracing,
   XLA and kernel compilation) are not timed; their seconds are reported.
 
   Returns:
@@ -188,14 +213,15 @@ def renderer_benchmark(batch_size: int = 128, image_size: int = 64, repeats: int
   warmup = max(int(warmup), 1)
   config = ModelConfig(image_size=image_size, vgg_weights="none")
   depth, view = renderer_inputs(batch_size, image_size, config, seed)
-  result = {"benchmark": "renderer", "batch_size": batch_size, "image_size": image_size,
+  result = {"benchmark": "renderer", "backward": backward,
+            "batch_size": batch_size, "image_size": image_size,
             "repeats": repeats, "warmup_calls": warmup, "backend_ms": {},
             "times_ms": {}, "first_call_s": {}, "warmup_s": {}, "errors": {}}
   result.update(_environment())
   for backend in backends:
     try:
       times, first, warm = _time_renderer_backend(backend, depth, view, image_size,
-                                                  repeats, warmup, progress)
+                                                  repeats, warmup, progress, backward)
     except Exception as e:  # pylint: disable=broad-except
       # A missing compiler (tfg) must not stop the other backends.
       reason = f"{type(e).__name__}: {e}"
@@ -209,8 +235,12 @@ def renderer_benchmark(batch_size: int = 128, image_size: int = 64, repeats: int
     result["times_ms"][backend] = [t * 1000.0 for t in times]
     result["first_call_s"][backend] = first
     result["warmup_s"][backend] = warm
-  tf_ms, tfg_ms = result["backend_ms"].get("tf"), result["backend_ms"].get("tfg")
-  result["speedup_vs_tfg"] = tfg_ms / tf_ms if tf_ms and tfg_ms else None
+  ms = result["backend_ms"]
+  ratio = lambda other: ms[other] / ms["tf"] if ms.get("tf") and ms.get(other) else None
+  # The issue's reference path: the kernel through tensorflow-graphics' own
+  # differentiable barycentrics.
+  result["speedup_vs_tfg"] = ratio("tfg_own_bary")
+  result["speedup_vs_tfg_stable_barycentrics"] = ratio("tfg")
   result["load_avg_after"] = load_average()
   return result
 
@@ -315,24 +345,25 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-  """Defines the command-line flags (only when run as a program, so importing
-  this module never clashes with flags other modules define)."""
+  """Defines the benchmark's own flags (only when run as a program). The model
+  flags (--image_size, --nf, --rasterizer, --vgg_weights, ...) are the shared
+  ones of `tfsym3d.flags`; for train_step, --vgg_weights also takes 'random'
+  (its default here: timing only, no download)."""
   flags.DEFINE_bool("json", False, "Print exactly one JSON object on stdout "
                     "instead of a table.")
   flags.DEFINE_integer("batch_size", 0, "Batch size; 0: the benchmark's default "
                        "(renderer 128, train_step 16).")
-  flags.DEFINE_integer("image_size", 64, "Image / depth map size S (multiple of 16).")
   flags.DEFINE_integer("repeats", 5, "renderer: timed calls per backend (median).")
-  flags.DEFINE_list("backends", ["tf", "tfg"], "renderer: rasterizer backends to time.")
+  flags.DEFINE_list("backends", ["tf", "tfg", "tfg_own_bary"],
+                    "renderer: backends to time: tf, tfg (kernel + our barycentrics, what "
+                    "--rasterizer=tfg runs), tfg_own_bary (kernel + tensorflow-graphics' "
+                    "differentiable barycentrics).")
+  flags.DEFINE_bool("backward", False, "renderer: time forward and backward "
+                    "(gradients to depth and view) instead of forward only.")
   flags.DEFINE_integer("steps", 5, "train_step: timed steps (median).")
   flags.DEFINE_integer("warmup", 0, "Untimed calls / steps before timing; 0: the "
                        "benchmark's default (2). The first call (tracing, "
                        "compilation) is never timed.")
-  flags.DEFINE_integer("nf", 64, "train_step: width of the depth and albedo networks.")
-  flags.DEFINE_enum("rasterizer", "tf", ["tf", "tfg"], "train_step: rasterizer backend.")
-  flags.DEFINE_string("vgg_weights", "random", "train_step: VGG16 weights of the "
-                      "perceptual loss: 'random' (timing only, no download), "
-                      "'imagenet', 'none' (term off) or a weights file path.")
   flags.DEFINE_integer("seed", 0, "Seed of the synthetic inputs and weights.")
   flags.DEFINE_bool("progress", True, "Show progress bars on stderr.")
 
@@ -345,21 +376,25 @@ def format_table(result: Dict) -> str:
   """A human-readable report of a benchmark's result."""
   lines = []
   if result["benchmark"] == "renderer":
-    lines.append(f"renderer: reconstructed_depth + canonical_grid of "
+    passes = "forward and backward" if result.get("backward") else "forward"
+    lines.append(f"renderer ({passes}): reconstructed_depth + canonical_grid of "
                  f"{result['batch_size']} depth maps of {result['image_size']}x"
                  f"{result['image_size']}, median of {result['repeats']} calls")
-    lines.append(f"{'backend':<8} {'median ms':>10} {'min ms':>10} "
+    lines.append(f"{'backend':<12} {'median ms':>10} {'min ms':>10} "
                  f"{'1st call s':>11} {'warm-up s':>10}")
     for backend, ms in result["backend_ms"].items():
       times = result["times_ms"][backend]
-      lines.append(f"{backend:<8} {_fmt(ms, '10.1f')} "
+      lines.append(f"{backend:<12} {_fmt(ms, '10.1f')} "
                    f"{_fmt(min(times) if times else None, '10.1f')} "
                    f"{_fmt(result['first_call_s'][backend], '11.2f')} "
                    f"{_fmt(result['warmup_s'][backend], '10.2f')}")
     for backend, reason in result["errors"].items():
       lines.append(f"{backend} unavailable: {reason}")
     if result["speedup_vs_tfg"] is not None:
-      lines.append(f"speed-up of tf over tfg: {result['speedup_vs_tfg']:.2f}x")
+      lines.append(f"speed-up of tf over tfg_own_bary: {result['speedup_vs_tfg']:.2f}x")
+    if result.get("speedup_vs_tfg_stable_barycentrics") is not None:
+      lines.append(f"speed-up of tf over tfg: "
+                   f"{result['speedup_vs_tfg_stable_barycentrics']:.2f}x")
   else:
     lines.append(f"train_step: batch {result['batch_size']}, {result['image_size']} px, "
                  f"nf {result['nf']}, rasterizer {result['rasterizer']}, VGG weights "
@@ -387,14 +422,20 @@ def main(argv):
   warmup = _resolve(FLAGS.warmup, benchmark, "warmup")
   if benchmark == "renderer":
     result = renderer_benchmark(batch_size, FLAGS.image_size, FLAGS.repeats,
-                                FLAGS.backends, warmup, FLAGS.seed, FLAGS.progress)
+                                FLAGS.backends, warmup, FLAGS.seed, FLAGS.progress,
+                                FLAGS.backward)
   else:
+    vgg_weights = FLAGS.vgg_weights if FLAGS["vgg_weights"].present else "random"
+    explicit = ("image_size", "nf", "rasterizer", "vgg_weights")
+    overrides = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(ModelConfig)
+                 if f.name not in explicit}
     result = train_step_benchmark(batch_size, FLAGS.image_size, FLAGS.nf, FLAGS.steps,
-                                  warmup, FLAGS.rasterizer, FLAGS.vgg_weights,
-                                  FLAGS.seed, FLAGS.progress)
+                                  warmup, FLAGS.rasterizer, vgg_weights,
+                                  FLAGS.seed, FLAGS.progress, **overrides)
   sys.stdout.write((json.dumps(result) if FLAGS.json else format_table(result)) + "\n")
 
 
 if __name__ == "__main__":
+  from tfsym3d import flags as _model_flags  # noqa: F401  pylint: disable=g-import-not-at-top
   define_flags()
   app.run(main)

@@ -27,6 +27,7 @@ vertex positions, so gradients reach the vertices through interpolation.
 import tensorflow as tf
 
 from tfsym3d import geometry
+from tfsym3d.render import mesh as mesh_lib
 from tfsym3d.render.fragments import Fragments
 
 # Slack, in pixels, when bounding rows and runs; the edge test decides.
@@ -37,30 +38,6 @@ _NO_FACE_KEY = tf.int64.max
 # The visibility pass keeps every per-face and per-candidate quantity as
 # separate [P] vectors (three per triangle corner) rather than [P, 3] arrays:
 # XLA on CPU handles a trailing dimension of 3 badly (measured 10x slower).
-
-
-def _widest_chord(xs, ys):
-  """Length of each triangle's widest horizontal chord.
-
-  The width of a triangle along y is largest at its middle vertex, where the
-  chord runs to the opposite edge; flat triangles are measured end to end.
-
-  Args:
-    xs, ys: 3-tuples of [P] corner coordinates.
-  Returns:
-    [P].
-  """
-  widest = None
-  for i in range(3):
-    j, k = (i + 1) % 3, (i + 2) % 3
-    height = ys[k] - ys[j]
-    flat = tf.abs(height) < 1e-6
-    t = (ys[i] - ys[j]) / tf.where(flat, tf.ones_like(height), height)
-    across = tf.abs(xs[i] - (xs[j] + t * (xs[k] - xs[j])))
-    end_to_end = tf.maximum(tf.abs(xs[i] - xs[j]), tf.abs(xs[i] - xs[k]))
-    chord = tf.where(flat, end_to_end, tf.where((t >= 0) & (t <= 1), across, 0.0))
-    widest = chord if widest is None else tf.maximum(widest, chord)
-  return widest
 
 
 def _edge_table(xs, ys, vertex_ids):
@@ -93,119 +70,252 @@ def _edge_table(xs, ys, vertex_ids):
   return edges, tf.abs(area)
 
 
-# Rows of the per-face table the face stage hands to the candidate stage.
-_TABLE_ROWS = ("sx0", "sy0", "ox0", "oy0", "sx1", "sy1", "ox1", "oy1",
-               "sx2", "sy2", "ox2", "oy2", "iz0", "iz1", "iz2",
-               "area", "first_row", "first_col", "num_cols", "use_run")
-_ROW = {name: i for i, name in enumerate(_TABLE_ROWS)}
-
-
 def _gather_corners(screen, faces):
-  """[B, N, 3] (u, v, z) -> [3 corners, 3 components, B*F] vectors.
+  """Corners of arbitrary faces: [B, N, 3] (u, v, z) -> [3 corners, 3, B, F].
 
   Kept outside the XLA clusters: XLA fuses a gather into every consumer and
   recomputes it there (measured 20x slower than gathering once).
   """
   components = tf.transpose(screen, [2, 0, 1])                      # [3,B,N]
-  return tf.stack([tf.reshape(tf.gather(components, faces[:, i], axis=2), [3, -1])
-                   for i in range(3)])
+  return tf.stack([tf.gather(components, faces[:, i], axis=2) for i in range(3)])
 
 
-@tf.function(jit_compile=True)
-def _face_stage(corners, faces, height, width, znear, zfar):
-  """Static-shape per-face work, fused by XLA.
+def _grid_corners(grid):
+  """Corners of a grid mesh's faces by slicing: [C, B, H, W] -> 3 x [C, B, F].
 
-  Args:
-    corners: [3, 3, B*F] from `_gather_corners`; faces: [F, 3] int32.
-  Returns:
-    table: [B*F, len(_TABLE_ROWS)] float32; counts: [B*F] int32 candidates.
+  Face order and corner order are those of `mesh.grid_faces`: cell (v, u)
+  holds faces [(v,u), (v+1,u), (v,u+1)] and [(v,u+1), (v+1,u), (v+1,u+1)].
   """
-  batch = tf.shape(corners)[2] // tf.shape(faces)[0]
-  xs, ys, zs = zip(*[tf.unstack(corner) for corner in tf.unstack(corners)])
-  ids = [tf.tile(faces[:, i], [batch]) for i in range(3)]
-  edges, area = _edge_table(xs, ys, ids)
+  top_left, top_right = grid[:, :, :-1, :-1], grid[:, :, :-1, 1:]
+  bottom_left, bottom_right = grid[:, :, 1:, :-1], grid[:, :, 1:, 1:]
+  pairs = [(top_left, top_right), (bottom_left, bottom_left), (top_right, bottom_right)]
+  channels = grid.shape[0]
+  return [tf.reshape(tf.stack(pair, -1), [channels, tf.shape(grid)[1], -1]) for pair in pairs]
 
-  # Candidates: the rows of pixel centres a face spans; on each row either its
-  # bounding-box columns or a run as long as its widest chord starting at its
-  # left edge, whichever is shorter.
-  height, width = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+
+def _test_candidates(edges, inv_z, area, row, col, height, width, znear, zfar):
+  """Edge test and perspective-correct depth of pixel centres (col, row).
+
+  Returns (inside [P] bool, depth [P]).
+  """
+  inside = (col <= width - 1.0) & (row <= height - 1.0)
+  inv_depth_area = tf.zeros_like(row)
+  for (sx, sy, ox, oy), iz in zip(edges, inv_z):
+    w = sx * (col - ox) + sy * (row - oy)
+    inside &= w >= 0
+    inv_depth_area += w * iz
+  # 1/z is linear in screen space: z = area / sum(w_i / z_i).
+  depth = area / inv_depth_area
+  return inside & (depth > znear) & (depth < zfar), depth
+
+
+def _pack_keys(inside, depth, face, image, row, col, height, width, num_pixels):
+  """(key, pixel) pairs for the per-pixel minimum; outside -> dump slot."""
+  # Positive float32 bit patterns sort like the floats: pack depth above id.
+  depth_bits = tf.cast(tf.bitcast(tf.maximum(depth, 0.0), tf.int32), tf.int64)
+  key = tf.bitwise.left_shift(depth_bits, 32) + tf.cast(face, tf.int64)
+  pixel = (image * height + tf.cast(row, tf.int32)) * width + tf.cast(col, tf.int32)
+  return key, tf.where(inside, pixel, num_pixels)
+
+
+# Rows of the per-face table the face stage hands to the candidate stage.
+_TABLE_ROWS = ("sx0", "sy0", "ox0", "oy0", "sx1", "sy1", "ox1", "oy1",
+               "sx2", "sy2", "ox2", "oy2", "iz0", "iz1", "iz2",
+               "area", "first_row")
+_ROW = {name: i for i, name in enumerate(_TABLE_ROWS)}
+# Faces with at most this many candidates are tested inside the face stage,
+# statically; only larger ones go through the dynamic enumeration.
+_STATIC_SLOTS = 4
+
+
+def _bounds(xs, ys, height, width):
+  """Pixel-centre rows and columns each face's bounding box spans.
+
+  Returns first_row, num_rows, first_col, num_cols ([P] float each).
+  """
   x_min = tf.minimum(tf.minimum(xs[0], xs[1]), xs[2])
   x_max = tf.maximum(tf.maximum(xs[0], xs[1]), xs[2])
   y_min = tf.minimum(tf.minimum(ys[0], ys[1]), ys[2])
   y_max = tf.maximum(tf.maximum(ys[0], ys[1]), ys[2])
   first_row = tf.maximum(tf.math.ceil(y_min - _EPS), 0.0)
-  last_row = tf.minimum(tf.floor(y_max + _EPS), height - 1)
+  last_row = tf.minimum(tf.floor(y_max + _EPS), height - 1.0)
   first_col = tf.maximum(tf.math.ceil(x_min - _EPS), 0.0)
-  last_col = tf.minimum(tf.floor(x_max + _EPS), width - 1)
-  num_rows = tf.maximum(last_row - first_row + 1, 0.0)
-  box_cols = tf.maximum(last_col - first_col + 1, 0.0)
-  run_cols = tf.floor(_widest_chord(xs, ys)) + 2.0
-  num_cols = tf.minimum(box_cols, run_cols)
+  last_col = tf.minimum(tf.floor(x_max + _EPS), width - 1.0)
+  return (first_row, tf.maximum(last_row - first_row + 1, 0.0),
+          first_col, tf.maximum(last_col - first_col + 1, 0.0))
+
+
+def _usable(area, zs, znear, zfar):
+  """Non-degenerate faces with every corner between the clipping planes."""
   usable = area > 0
   for z in zs:
     usable &= (z > znear) & (z < zfar)
-  counts = tf.where(usable, tf.cast(num_rows * num_cols, tf.int32), 0)
-  rows = [value for edge in edges for value in edge]
-  rows += [1.0 / z for z in zs]
-  rows += [area, first_row, first_col, num_cols, tf.cast(run_cols < box_cols, tf.float32)]
-  return tf.stack(rows, axis=1), counts
+  return usable
+
+
+def _face_stage(corners, corner_ids, batch, height, width, znear, zfar):
+  """Tests every small face where it stands (static shapes, inside XLA).
+
+  A face whose bounding box holds at most `_STATIC_SLOTS` pixel centres (all
+  but a few percent of a smooth mesh's faces) is tested right here; larger
+  faces are only flagged for the dynamic path.
+
+  Args:
+    corners: 3 corners of [3 (u, v, z), B, F].
+    corner_ids: 3 corners of [1 or B, F] int32 vertex ids.
+    batch: B; height, width: image size (python ints).
+  Returns:
+    best: [B*H*W] int64 nearest keys among the small faces;
+    large: [B*F] bool, faces left to the dynamic path.
+  """
+  num_faces = tf.shape(corners[0])[2]
+  flat = lambda t: tf.reshape(t, [-1])
+  xs, ys, zs = ([flat(c[k]) for c in corners] for k in range(3))
+  ids = [flat(tf.broadcast_to(i, tf.shape(corners[0])[1:])) for i in corner_ids]
+  edges, area = _edge_table(xs, ys, ids)
+  inv_z = [1.0 / z for z in zs]
+  first_row, num_rows, first_col, num_cols = _bounds(xs, ys, height, width)
+  box = num_rows * num_cols
+  usable = _usable(area, zs, znear, zfar)
+  small = box <= _STATIC_SLOTS
+
+  index = tf.range(tf.size(area))
+  face, image = index % num_faces, index // num_faces
+  num_pixels = batch * height * width
+  keys, pixels = [], []
+  safe_cols = tf.maximum(num_cols, 1.0)
+  for slot in range(_STATIC_SLOTS):
+    row = first_row + tf.floor(slot / safe_cols)
+    col = first_col + (slot - tf.floor(slot / safe_cols) * safe_cols)
+    inside, depth = _test_candidates(edges, inv_z, area, row, col, height, width,
+                                     znear, zfar)
+    inside &= usable & small & (slot < box)
+    key, pixel = _pack_keys(inside, depth, face, image, row, col, height, width,
+                            num_pixels)
+    keys.append(key)
+    pixels.append(pixel)
+  best = tf.math.unsorted_segment_min(tf.concat(keys, 0), tf.concat(pixels, 0),
+                                      num_pixels + 1)[:-1]
+  return best, usable & ~small
 
 
 @tf.function(jit_compile=True)
-def _candidate_stage(candidates, owner, local, valid, num_faces, num_pixels, height,
-                     width, znear, zfar):
-  """Tests every (face, pixel) candidate and keeps the nearest per pixel.
+def _face_stage_grid(screen, height, width, znear, zfar):
+  """`_face_stage` for the grid mesh of an H x W map: corners by slicing."""
+  batch = tf.shape(screen)[0]
+  components = tf.transpose(tf.reshape(screen, [batch, height, width, 3]), [3, 0, 1, 2])
+  vertex_ids = tf.reshape(tf.range(height * width), [1, 1, height, width])
+  corners = _grid_corners(components)
+  corner_ids = [c[0] for c in _grid_corners(vertex_ids)]
+  return _face_stage(corners, corner_ids, batch, height, width, znear, zfar)
+
+
+@tf.function(jit_compile=True)
+def _face_stage_mesh(corners, faces, height, width, znear, zfar):
+  """`_face_stage` for arbitrary faces; corners from `_gather_corners`."""
+  batch = tf.shape(corners)[2]
+  corner_ids = [faces[None, :, i] for i in range(3)]
+  return _face_stage(tf.unstack(corners), corner_ids, batch, height, width, znear, zfar)
+
+
+@tf.function(jit_compile=True)
+def _large_face_table(corners, corner_ids, height, width):
+  """Test constants and spanned rows of the large faces.
 
   Args:
-    candidates: [P, len(_TABLE_ROWS)] the face table's row of each
-      candidate's face (gathered outside XLA, see `_gather_corners`).
-    owner, local: [P] int32 face (batch-flattened) and index of the candidate
-      within its face; valid: [P] bool, False for padding.
+    corners: [3 corners, 3 (u, v, z), L]; corner_ids: [3, L] int32.
+  Returns:
+    table: [L, len(_TABLE_ROWS)]; num_rows: [L] int32 rows of pixel centres.
+  """
+  xs, ys, zs = ([corners[i, k] for i in range(3)] for k in range(3))
+  edges, area = _edge_table(xs, ys, tf.unstack(corner_ids))
+  first_row, num_rows, _, _ = _bounds(xs, ys, height, width)
+  table = tf.stack([value for edge in edges for value in edge] + [1.0 / z for z in zs] +
+                   [area, first_row], axis=1)
+  return table, tf.cast(num_rows, tf.int32)
+
+
+@tf.function(jit_compile=True)
+def _row_spans(rows, row, width):
+  """Exact run of pixel centres each (face, row) pair covers.
+
+  On row y, edge w = sx (x - ox) + sy (y - oy) >= 0 bounds x from below
+  where sx > 0 and from above where sx < 0; long thin triangles of steep
+  surfaces then cost what they cover, not their bounding box. The bounds get
+  `_EPS` of slack: the candidate test decides.
+
+  Args:
+    rows: [R, len(_TABLE_ROWS)] the face table's row of each pair.
+    row: [R] float row index.
+  Returns:
+    first_col: [R] float; count: [R] int32 (0 for an empty run).
+  """
+  table = tf.unstack(rows, axis=1)
+  get = lambda name: table[_ROW[name]]
+  left = tf.zeros_like(row)
+  right = tf.fill(tf.shape(row), width - 1.0)
+  empty = tf.zeros_like(row, tf.bool)
+  for i in range(3):
+    sx, sy, ox, oy = (get(f"{k}{i}") for k in ("sx", "sy", "ox", "oy"))
+    offset = sy * (row - oy)
+    bound = ox - offset / tf.where(sx == 0, tf.ones_like(sx), sx)
+    left = tf.where(sx > 0, tf.maximum(left, bound), left)
+    right = tf.where(sx < 0, tf.minimum(right, bound), right)
+    empty |= (sx == 0) & (offset < -_EPS * tf.abs(sy))
+  first = tf.maximum(tf.math.ceil(left - _EPS), 0.0)
+  last = tf.minimum(tf.floor(right + _EPS), width - 1.0)
+  count = tf.where(empty, 0, tf.cast(tf.maximum(last - first + 1, 0.0), tf.int32))
+  return first, count
+
+
+@tf.function(jit_compile=True)
+def _candidate_stage(rows, row, col, face, image, valid, num_pixels, height, width,
+                     znear, zfar):
+  """Tests the enumerated (face, pixel) candidates of the large faces.
+
+  Args:
+    rows: [P, len(_TABLE_ROWS)] the face table's row of each candidate's face.
+    row, col: [P] float pixel centre; face, image: [P] int32 face id within
+      its mesh and image; valid: [P] bool, False for padding.
   Returns:
     [num_pixels] int64 keys (depth bits << 32 | face id), int64 max if empty.
   """
-  rows = tf.unstack(candidates, axis=1)                             # [P] each
-  get = lambda name: rows[_ROW[name]]
-  num_cols = tf.maximum(tf.cast(get("num_cols"), tf.int32), 1)
-  row = get("first_row") + tf.cast(local // num_cols, tf.float32)
+  table = tf.unstack(rows, axis=1)
+  get = lambda name: table[_ROW[name]]
   edges = [(get(f"sx{i}"), get(f"sy{i}"), get(f"ox{i}"), get(f"oy{i}")) for i in range(3)]
-  # Left end of the run on this row: the largest bound among edges whose
-  # function grows to the right (sx > 0): p_x >= ox - sy (row - oy) / sx.
-  run_left = tf.fill(tf.shape(row), -float("inf"))
-  for sx, sy, ox, oy in edges:
-    grows = sx > 0
-    bound = ox - sy * (row - oy) / tf.where(grows, sx, tf.ones_like(sx))
-    run_left = tf.where(grows, tf.maximum(run_left, bound), run_left)
-  run_left = tf.maximum(tf.math.ceil(run_left - _EPS), 0.0)
-  start = tf.where(get("use_run") > 0, run_left, get("first_col"))
-  col = start + tf.cast(local % num_cols, tf.float32)
-
-  inside = valid & (col <= tf.cast(width, tf.float32) - 1)
-  inv_depth_area = tf.zeros_like(row)
-  for i, (sx, sy, ox, oy) in enumerate(edges):
-    w = sx * (col - ox) + sy * (row - oy)
-    inside &= w >= 0
-    inv_depth_area += w * get(f"iz{i}")
-  # 1/z is linear in screen space: z = area / sum(w_i / z_i).
-  depth = get("area") / inv_depth_area
-  inside &= (depth > znear) & (depth < zfar)
-
-  # Positive float32 bit patterns sort like the floats: pack depth above id.
-  depth_bits = tf.cast(tf.bitcast(tf.maximum(depth, 0.0), tf.int32), tf.int64)
-  key = tf.bitwise.left_shift(depth_bits, 32) + tf.cast(owner % num_faces, tf.int64)
-  image = owner // num_faces
-  pixel = (image * height + tf.cast(row, tf.int32)) * width + tf.cast(col, tf.int32)
-  pixel = tf.where(inside, pixel, num_pixels)                       # dump slot
+  inv_z = [get(f"iz{i}") for i in range(3)]
+  inside, depth = _test_candidates(edges, inv_z, get("area"), row, col,
+                                   tf.cast(height, tf.float32), tf.cast(width, tf.float32),
+                                   znear, zfar)
+  key, pixel = _pack_keys(inside & valid, depth, face, image, row, col, height, width,
+                          num_pixels)
   return tf.math.unsorted_segment_min(key, pixel, num_pixels + 1)[:-1]
 
 
 def _bucket(size):
-  """Rounds a candidate count up to one of a few sizes (1, 1.25, 1.5, 1.75 x 2^k)
-  so the XLA-compiled candidate stage is compiled for few shapes."""
+  """Rounds a count up to one of a few sizes (1, 1.25, 1.5, 1.75 x 2^k) so the
+  XLA-compiled stages are compiled for few shapes."""
   size = tf.maximum(size, 1024)
   exponent = tf.floor(tf.math.log(tf.cast(size, tf.float32)) / tf.math.log(2.0)) - 2
   step = tf.cast(tf.pow(2.0, exponent), tf.int32)
   return (size + step - 1) // step * step
+
+
+def _enumerate(counts):
+  """Expands counts [n] into items: (owner, local, valid), padded to a bucket.
+
+  owner[j] is the index whose counts[owner] items include j, local[j] its
+  rank among them; valid is False on the padding. Marks where each run
+  starts and integrates (tf.repeat builds an [n, max count] mask: 6x slower).
+  """
+  total = tf.reduce_sum(counts)
+  padded = _bucket(total)
+  offsets = tf.cumsum(counts, exclusive=True)
+  nonempty = tf.cast(tf.where(counts > 0)[:, 0], tf.int32)
+  step = nonempty - tf.pad(nonempty[:-1], [[1, 0]])
+  owner = tf.cumsum(tf.scatter_nd(tf.gather(offsets, nonempty)[:, None], step, [padded]))
+  index = tf.range(padded)
+  return owner, index - tf.gather(offsets, owner), index < total
 
 
 def visible_faces(screen, faces, height: int, width: int, znear=0.1, zfar=10.0):
@@ -214,35 +324,55 @@ def visible_faces(screen, faces, height: int, width: int, znear=0.1, zfar=10.0):
   Args:
     screen: [B, N, 3] per vertex (u, v, z): pixel coordinates (centres at
       integers) and camera depth z.
-    faces: [F, 3] int32 vertex ids.
+    faces: [F, 3] int32 vertex ids, or None for the grid mesh of an H x W
+      map (N = H * W, faces as `mesh.grid_faces`), whose corners are sliced
+      rather than gathered.
     height, width: output size in pixels.
     znear, zfar: fragments outside this depth range are dropped.
   Returns:
     [B, H, W] int32 face ids, -1 where no triangle covers the pixel centre.
   """
   screen = tf.cast(tf.stop_gradient(screen), tf.float32)
-  faces = tf.convert_to_tensor(faces, tf.int32)
   batch = tf.shape(screen)[0]
-  num_faces = tf.shape(faces)[0]
   znear, zfar = tf.constant(znear, tf.float32), tf.constant(zfar, tf.float32)
-  table, counts = _face_stage(_gather_corners(screen, faces), faces, height, width,
-                              znear, zfar)
+  if faces is None:
+    num_faces = 2 * (height - 1) * (width - 1)
+    best, large = _face_stage_grid(screen, height, width, znear, zfar)
+    faces = mesh_lib.grid_faces(height, width)
+  else:
+    faces = tf.convert_to_tensor(faces, tf.int32)
+    num_faces = tf.shape(faces)[0]
+    best, large = _face_stage_mesh(_gather_corners(screen, faces), faces,
+                                   height, width, znear, zfar)
 
-  # Enumerate the candidates (dynamic count, padded to a bucket size): mark
-  # where each face's run of candidates starts and integrate. (tf.repeat
-  # builds a [faces, max count] mask: 6x slower here.)
-  total = tf.reduce_sum(counts)
-  padded = _bucket(total)
-  offsets = tf.cumsum(counts, exclusive=True)
-  nonempty = tf.cast(tf.where(counts > 0)[:, 0], tf.int32)
-  step = nonempty - tf.pad(nonempty[:-1], [[1, 0]])
-  owner = tf.cumsum(tf.scatter_nd(tf.gather(offsets, nonempty)[:, None], step, [padded]))
-  index = tf.range(padded)
-  local = index - tf.gather(offsets, owner)
-  valid = index < total
+  # The few large faces: gather their corners (padded to a bucket size so
+  # the XLA stages see few shapes), then enumerate (face, row) pairs, then
+  # the pixel centres of each pair's exact run.
+  large_index = tf.cast(tf.where(large)[:, 0], tf.int32)            # [L]
+  num_large = tf.size(large_index)
+  large_index = tf.pad(large_index, [[0, _bucket(num_large) - num_large]])
+  image = large_index // num_faces
+  vertex_ids = tf.gather(faces, large_index % num_faces)            # [L,3]
+  flat_screen = tf.reshape(screen, [-1, 3])
+  corners = tf.gather(flat_screen, vertex_ids + image[:, None] * tf.shape(screen)[1])
+  table, num_rows = _large_face_table(tf.transpose(corners, [1, 2, 0]),
+                                      tf.transpose(vertex_ids), height, width)
+  num_rows = tf.where(tf.range(tf.size(num_rows)) < num_large, num_rows, 0)
+
+  face_of_pair, row_rank, pair_valid = _enumerate(num_rows)
+  pair_rows = tf.gather(table, face_of_pair)
+  row = pair_rows[:, _ROW["first_row"]] + tf.cast(row_rank, tf.float32)
+  first_col, num_cols = _row_spans(pair_rows, row, float(width))
+  num_cols = tf.where(pair_valid, num_cols, 0)
+
+  pair, col_rank, valid = _enumerate(num_cols)
+  owner = tf.gather(large_index, tf.gather(face_of_pair, pair))
   num_pixels = batch * height * width
-  best = _candidate_stage(tf.gather(table, owner), owner, local, valid, num_faces, num_pixels,
-                          height, width, znear, zfar)
+  best = tf.minimum(best, _candidate_stage(
+      tf.gather(pair_rows, pair), tf.gather(row, pair),
+      tf.gather(first_col, pair) + tf.cast(col_rank, tf.float32),
+      owner % num_faces, owner // num_faces, valid, num_pixels, height, width,
+      znear, zfar))
   face_id = tf.where(best == _NO_FACE_KEY, -1,
                      tf.cast(tf.bitwise.bitwise_and(best, 0xFFFFFFFF), tf.int32))
   return tf.reshape(face_id, [batch, height, width])
@@ -278,13 +408,26 @@ def barycentrics_for(screen, faces, face_id):
   return tf.where(usable, bary, tf.zeros_like(bary))
 
 
-def rasterize_tf(vertices, faces, camera: geometry.Camera) -> Fragments:
+def fragments_for(screen, faces, face_id) -> Fragments:
+  """Fragments of known visible faces (differentiable w.r.t. `screen`).
+
+  Args:
+    screen: [B, N, 3] (u, v, z) per vertex; faces: [F, 3]; face_id: [B, H, W].
+  """
+  return Fragments(face_id=face_id, barycentrics=barycentrics_for(screen, faces, face_id),
+                   mask=tf.cast(face_id >= 0, screen.dtype))
+
+
+def rasterize_tf(vertices, faces, camera: geometry.Camera, grid_mesh: bool = False
+                 ) -> Fragments:
   """Rasterizes camera-space meshes with the pure-TensorFlow z-buffer.
 
   Args:
     vertices: [B, N, 3] camera-space points (x right, y down, z forward).
     faces: [F, 3] int32 vertex ids; both sides of every triangle are drawn.
     camera: pinhole camera; the image is camera.image_size square.
+    grid_mesh: promise that `faces` is `mesh.grid_faces(S, S)` of an S x S
+      vertex grid (N = S * S): its corners are then sliced, not gathered.
   Returns:
     Fragments with [B, S, S] face ids, barycentrics and mask.
   """
@@ -292,22 +435,25 @@ def rasterize_tf(vertices, faces, camera: geometry.Camera) -> Fragments:
   faces = tf.convert_to_tensor(faces, tf.int32)
   size = camera.image_size
   screen = tf.concat([geometry.project(vertices, camera), vertices[..., 2:3]], -1)
-  face_id = visible_faces(screen, faces, size, size, camera.znear, camera.zfar)
-  bary = barycentrics_for(screen, faces, face_id)
-  return Fragments(face_id=face_id, barycentrics=bary,
-                   mask=tf.cast(face_id >= 0, tf.float32))
+  face_id = visible_faces(screen, None if grid_mesh else faces, size, size,
+                          camera.znear, camera.zfar)
+  return fragments_for(screen, faces, face_id)
 
 
-def rasterize(vertices, faces, camera: geometry.Camera, backend: str = "tf") -> Fragments:
+def rasterize(vertices, faces, camera: geometry.Camera, backend: str = "tf",
+              grid_mesh: bool = False, tfg_barycentrics: str = "stable") -> Fragments:
   """Rasterizes with the chosen backend: 'tf' (default) or 'tfg'.
 
   'tfg' is tensorflow-graphics' CPU kernel, compiled on first use; it runs on
   the CPU only and serves as the reference the 'tf' backend is tested against.
+  `grid_mesh` (see `rasterize_tf`) only speeds up the 'tf' backend;
+  `tfg_barycentrics` ('stable' or 'tfg') is `rasterize_tfg`'s barycentric_impl.
   """
   if backend == "tf":
-    return rasterize_tf(vertices, faces, camera)
+    return rasterize_tf(vertices, faces, camera, grid_mesh)
   if backend == "tfg":
     from tfsym3d.render import tfg_backend  # compiles a kernel: import lazily
-    return tfg_backend.rasterize_tfg(vertices, faces, camera)
+    return tfg_backend.rasterize_tfg(vertices, faces, camera,
+                                     barycentric_impl=tfg_barycentrics)
   raise ValueError(f"Unknown rasterizer backend {backend!r}: use 'tf' or 'tfg' "
                    "(flag --rasterizer)")

@@ -16,6 +16,7 @@ from tfsym3d.render import mesh
 from tfsym3d.render import tfg_backend
 from tfsym3d.render.interpolate import interpolate
 from tfsym3d.render.rasterize import rasterize
+from render_helpers import face_plane_depth
 
 MIN_DEPTH, MAX_DEPTH, BORDER_DEPTH = 0.9, 1.1, 1.05
 TIE_RELATIVE = 1e-5
@@ -49,21 +50,6 @@ def random_scene(batch, size, coarse, rng):
   vertices = geometry.rigid_transform(vertices, tf.constant(view, tf.float32),
                                       1.0)
   return vertices, mesh.grid_faces(size, size), camera
-
-
-def face_plane_depth(vertices, faces, face_id, camera):
-  """float64 depth, at every pixel centre, of the plane of the face there."""
-  vertices = np.asarray(vertices, np.float64)
-  batch, size = face_id.shape[:2]
-  corners = vertices[np.arange(batch)[:, None, None, None],
-                     np.asarray(faces)[np.maximum(face_id, 0)]]   # [B,S,S,3,3]
-  normal = np.cross(corners[..., 1, :] - corners[..., 0, :],
-                    corners[..., 2, :] - corners[..., 0, :])
-  uv = geometry.pixel_grid(size, size).numpy().astype(np.float64)
-  ray = np.concatenate([(uv - camera.principal) / camera.focal,
-                        np.ones((size, size, 1))], -1)
-  with np.errstate(divide="ignore", invalid="ignore"):
-    return (normal * corners[..., 0, :]).sum(-1) / (normal * ray).sum(-1)
 
 
 def compare(vertices, faces, camera):

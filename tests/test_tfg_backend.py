@@ -11,6 +11,7 @@ from tfsym3d import geometry
 from tfsym3d.geometry import Camera
 from tfsym3d.render import tfg_backend
 from tfsym3d.render.interpolate import interpolate
+from render_helpers import face_plane_depth
 
 
 def _have_compiler():
@@ -236,20 +237,6 @@ def test_depth_gradient_along_scaling_is_depth(kernel_cache, impl):
                              total.numpy(), rtol=1e-4)
 
 
-def _face_plane_depth(vertices, faces, face_id, camera):
-  """float64 depth, at every pixel centre, of the plane of the face there."""
-  vertices = np.asarray(vertices, np.float64)
-  batch, size = face_id.shape[:2]
-  corners = vertices[np.arange(batch)[:, None, None, None],
-                     np.asarray(faces)[np.maximum(face_id, 0)]]   # [B,S,S,3,3]
-  normal = np.cross(corners[..., 1, :] - corners[..., 0, :],
-                    corners[..., 2, :] - corners[..., 0, :])
-  uv = geometry.pixel_grid(size, size).numpy().astype(np.float64)
-  ray = np.concatenate([(uv - camera.principal) / camera.focal,
-                        np.ones((size, size, 1))], -1)
-  return (normal * corners[..., 0, :]).sum(-1) / (normal * ray).sum(-1)
-
-
 def test_stable_barycentrics_exact_depth_at_steep_views(kernel_cache):
   # 60-degree views of bumpy meshes have many thin, nearly edge-on triangles.
   rng = np.random.default_rng(4)
@@ -257,7 +244,7 @@ def test_stable_barycentrics_exact_depth_at_steep_views(kernel_cache):
   fragments = tfg_backend.rasterize_tfg(vertices, faces, camera, "stable")
   face_id = fragments.face_id.numpy()
   covered = face_id >= 0
-  want = _face_plane_depth(vertices.numpy(), faces.numpy(), face_id, camera)
+  want = face_plane_depth(vertices.numpy(), faces.numpy(), face_id, camera)
   got = _depth(vertices, faces, fragments).numpy()
   assert np.abs(got - want)[covered].max() < 5e-6
 

@@ -1,24 +1,26 @@
 """Z-buffer rasterization of triangle meshes in pure TensorFlow.
 
 Visibility (which triangle is nearest at each pixel centre) is discrete and
-carries no gradient; it is found without any native kernel, on any device:
+carries no gradient; it is found without any native kernel, on any device, in
+stages that XLA compiles (static shapes) around two dynamic enumerations:
 
-1. Every triangle is projected to pixel coordinates. It covers pixel centres
-   on the rows ceil(y_min) .. floor(y_max); on each row the covered centres
-   form one run whose length is at most the triangle's widest horizontal chord
-   (the chord through its middle vertex). So a triangle is enumerated as
-   rows x (chord + 2) candidate pixels starting at its left edge on each row:
-   long thin slanted triangles (steep surfaces seen at 60 degrees) cost what
+1. Face stage, every triangle: project, build its edge functions, bound the
+   pixel centres it can cover. A triangle whose bounding box holds at most
+   `_STATIC_SLOTS` centres (nearly every triangle of a smooth depth mesh) is
+   tested right there; the others are flagged as large.
+2. Large triangles: enumerate (triangle, row) pairs, solve each row's edge
+   inequalities for the exact run of covered centres, enumerate those.
+   Long thin triangles of steep surfaces seen at 60 degrees thus cost what
    they cover, not their bounding box.
-2. Each candidate is tested with edge functions. The function of an edge is
+3. Every candidate is tested with edge functions. The function of an edge is
    always evaluated from its lower vertex id to its higher one and negated as
    needed, so two triangles sharing an edge see exactly opposite values: no
    pixel centre falls between them (watertight) and centres on the edge count
    for both, as in the tensorflow-graphics kernel.
-3. Depth (perspective-correct) and triangle id are packed into one int64 key,
-   depth bits high, and reduced per pixel with one `unsorted_segment_min`:
-   the nearest triangle wins and equal depths go to the lowest id, the
-   kernel's rule.
+4. Depth (perspective-correct) and triangle id are packed into one int64 key,
+   depth bits high, and reduced per pixel with `unsorted_segment_min`: the
+   nearest triangle wins and equal depths go to the lowest id, the kernel's
+   rule.
 
 Barycentrics are then recomputed densely for the winning triangle from the
 vertex positions, so gradients reach the vertices through interpolation.

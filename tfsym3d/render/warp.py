@@ -6,6 +6,7 @@ range, rasterizer backend); every method is a pure function of its tensors.
 
 import math
 
+import numpy as np
 import tensorflow as tf
 
 from tfsym3d import geometry
@@ -123,6 +124,14 @@ class Renderer:
     """Samples the canonical image into the input view: [B, S, S, 3]."""
     return self._sample(canon_image, self.canonical_grid(recon_depth, view))
 
+  def _turning(self, canon_depth, num_frames, max_yaw_degrees):
+    """Yields (turned vertices [B, N, 3], fragments) for evenly spaced yaws."""
+    vertices = mesh.depth_to_vertices(canon_depth, self.camera)
+    for yaw in np.linspace(-max_yaw_degrees, max_yaw_degrees, num_frames):
+      view = yaw_view(tf.shape(canon_depth)[0], float(yaw))
+      turned = geometry.rigid_transform(vertices, view, self.config.rot_center_depth)
+      yield turned, self.rasterize(turned)
+
   def yaw_views(self, canon_depth, vertex_colors, num_frames: int = 9,
                 max_yaw_degrees: float = 90.0, background=1.0):
     """Renders the canonical mesh turning about the y axis (METHOD 9).
@@ -136,40 +145,32 @@ class Renderer:
     Returns:
       [num_frames, B, S, S, C] frames.
     """
-    vertices = mesh.depth_to_vertices(canon_depth, self.camera)
     colors = tf.reshape(vertex_colors, [tf.shape(vertex_colors)[0], -1,
                                         vertex_colors.shape[-1]])
-    frames = []
-    for yaw in tf.linspace(-max_yaw_degrees, max_yaw_degrees, num_frames).numpy():
-      view = yaw_view(tf.shape(canon_depth)[0], float(yaw))
-      turned = geometry.rigid_transform(vertices, view, self.config.rot_center_depth)
-      fragments = self.rasterize(turned)
-      frames.append(interpolate_lib.interpolate(colors, self.faces, fragments, background))
-    return tf.stack(frames)
+    return tf.stack([interpolate_lib.interpolate(colors, self.faces, fragments, background)
+                     for _, fragments in self._turning(canon_depth, num_frames,
+                                                       max_yaw_degrees)])
 
   def shaded_yaw_views(self, canon_depth, num_frames: int = 9,
                        max_yaw_degrees: float = 90.0, light=(0.0, 0.0, 1.0)):
     """Textureless views of the turning shape, lit from the camera side.
 
     Shading is recomputed in every view from the rendered depth, so what is
-    shown is the geometry alone. Returns [num_frames, B, S, S, 1] in [0, 1].
+    shown is the geometry alone. Returns [num_frames, B, S, S, 1] in [0, 1]
+    (white background).
     """
-    vertices = mesh.depth_to_vertices(canon_depth, self.camera)
     direction = tf.constant(light, tf.float32)
     direction = direction / tf.norm(direction)
     frames = []
-    for yaw in tf.linspace(-max_yaw_degrees, max_yaw_degrees, num_frames).numpy():
-      view = yaw_view(tf.shape(canon_depth)[0], float(yaw))
-      turned = geometry.rigid_transform(vertices, view, self.config.rot_center_depth)
-      fragments = self.rasterize(turned)
+    for turned, fragments in self._turning(canon_depth, num_frames, max_yaw_degrees):
       depth = interpolate_lib.interpolate(turned[..., 2:3], self.faces, fragments,
                                           background=self.config.zfar)[..., 0]
       normal = geometry.normals_from_depth(depth, self.camera)
       # Same convention as the model's shading (METHOD 4): normals of a
       # facing surface and a light from the camera both point along +z.
       shade = tf.maximum(tf.reduce_sum(normal * direction, -1, keepdims=True), 0.0)
-      shade = 0.2 + 0.8 * shade
-      frames.append(shade * fragments.mask[..., None] + (1 - fragments.mask[..., None]))
+      mask = fragments.mask[..., None]
+      frames.append((0.2 + 0.8 * shade) * mask + (1 - mask))
     return tf.stack(frames)
 
 

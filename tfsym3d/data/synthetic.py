@@ -1,0 +1,575 @@
+"""Synfaces: a procedural, deformable, probably-symmetric face-like category.
+
+Every sample is built in the canonical (frontal) view of METHOD 1 and then
+posed and rendered into an input view with a NumPy z-buffer that shares no
+code with the model's renderer (so a bug in one cannot hide in the other):
+
+- canonical depth [S, S] (depth range of METHOD 2, [0.9, 1.1]): a head-like
+  ellipsoid bulging toward the camera, mirrored features (nose, brows, eye
+  sockets, cheeks, chin, lips) of random size and position, plus one small
+  bump on a random side; background at `FAR_DEPTH` (1.1);
+- canonical albedo [S, S, 3] in [-1, 1]: mirrored skin, lips, brows, eyes,
+  cheeks and hair, plus a mole and freckles on one random side;
+- light (a, b, lx, ly): Lambertian shading a + b max(0, <n, l>) with
+  l = normalize([lx, ly, 1]) and the normals of METHOD 4, in the canonical
+  frame (as the model shades);
+- view (rx, ry, rz radians, tx, ty, tz): the rigid transform of METHOD 5
+  about (0, 0, 1), R = Rz Ry Rx.
+
+The input-view image is the shaded canonical image resampled through the
+rendered depth, over a random background (colour gradient plus noise);
+the input-view depth holds `FAR_DEPTH` wherever the object is absent, so it
+is the map's maximum and METHOD 8's foreground `d_gt < max(d_gt)` is exact.
+
+Sample i depends only on (seed, i). Splits use disjoint index ranges
+(`SPLIT_OFFSETS`).
+"""
+
+import math
+import os
+
+import numpy as np
+
+MIN_DEPTH, MAX_DEPTH = 0.9, 1.1   # METHOD 2
+FAR_DEPTH = MAX_DEPTH             # background, canonical and input view
+# Visible object depth stays strictly below the background so that METHOD 8's
+# mask `d_gt < max(d_gt)` keeps all of it (even after 16-bit quantisation).
+FG_MAX_DEPTH = MAX_DEPTH - 1e-3
+ROT_CENTER_DEPTH = 1.0            # METHOD 5
+FOV = 10.0                        # METHOD 1
+SPLIT_OFFSETS = {"train": 0, "val": 100_000_000, "test": 200_000_000}
+_DEPTH_PNG_MAX = 65535            # 16-bit depth PNGs
+_RIM_R2 = 0.8                     # head = inside this (x/ax)^2 + (y/ay)^2
+
+
+# ---------------------------------------------------------------- camera ----
+
+def focal_length(image_size: int, fov: float = FOV) -> float:
+  """fx = fy = (S - 1) / 2 / tan(fov / 2) (METHOD 1)."""
+  return (image_size - 1) / 2 / math.tan(math.radians(fov) / 2)
+
+
+def rotation_matrix(rx: float, ry: float, rz: float) -> np.ndarray:
+  """R = Rz Ry Rx (METHOD 5), angles in radians -> [3, 3] float64."""
+  cx, sx, cy, sy, cz, sz = (math.cos(rx), math.sin(rx), math.cos(ry),
+                            math.sin(ry), math.cos(rz), math.sin(rz))
+  rot_x = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+  rot_y = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+  rot_z = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+  return rot_z @ rot_y @ rot_x
+
+
+def unproject_np(depth: np.ndarray, focal: float) -> np.ndarray:
+  """P(u, v) = d(u, v) K^-1 [u, v, 1]: depth [H, W] -> points [H, W, 3]."""
+  height, width = depth.shape
+  c = (width - 1) / 2
+  u = (np.arange(width) - c) / focal
+  v = (np.arange(height) - (height - 1) / 2) / focal
+  return np.stack([depth * u[None, :], depth * v[:, None], depth], axis=-1)
+
+
+def normals_np(depth: np.ndarray, focal: float) -> np.ndarray:
+  """Unit normals of METHOD 4: depth [H, W] -> [H, W, 3]; border (0, 0, 1)."""
+  points = unproject_np(depth, focal)
+  t_u = points[1:-1, 2:] - points[1:-1, :-2]
+  t_v = points[2:, 1:-1] - points[:-2, 1:-1]
+  n = np.cross(t_u, t_v)
+  n /= np.linalg.norm(n, axis=-1, keepdims=True) + 1e-7
+  out = np.zeros(depth.shape + (3,), n.dtype)
+  out[..., 2] = 1
+  out[1:-1, 1:-1] = n
+  return out
+
+
+# ------------------------------------------------------------ rasterizer ----
+
+def _grid_triangles(size: int) -> np.ndarray:
+  """[2 (S-1)^2, 3] vertex ids of METHOD 5's grid mesh (id = v * S + u)."""
+  v, u = np.meshgrid(np.arange(size - 1), np.arange(size - 1), indexing="ij")
+  a = (v * size + u).ravel()            # (v, u)
+  b = a + size                          # (v+1, u)
+  c = a + 1                             # (v, u+1)
+  d = b + 1                             # (v+1, u+1)
+  return np.concatenate([np.stack([a, b, c], 1), np.stack([c, b, d], 1)])
+
+
+_TRIANGLES = {}
+
+
+def grid_triangles(size: int) -> np.ndarray:
+  """Cached `_grid_triangles`."""
+  if size not in _TRIANGLES:
+    _TRIANGLES[size] = _grid_triangles(size)
+  return _TRIANGLES[size]
+
+
+def pose_points(points: np.ndarray, view) -> np.ndarray:
+  """P' = R (P - c) + c + t about c = (0, 0, 1) (METHOD 5); points [..., 3]."""
+  rot = rotation_matrix(*view[:3])
+  centre = np.array([0.0, 0.0, ROT_CENTER_DEPTH])
+  return (points - centre) @ rot.T + centre + np.asarray(view[3:6], np.float64)
+
+
+def unpose_points(points: np.ndarray, view) -> np.ndarray:
+  """P = R^T (P' - t - c) + c, the inverse of `pose_points`."""
+  rot = rotation_matrix(*view[:3])
+  centre = np.array([0.0, 0.0, ROT_CENTER_DEPTH])
+  return (points - np.asarray(view[3:6], np.float64) - centre) @ rot + centre
+
+
+def render_depth(canon_depth: np.ndarray, view, face_mask=None,
+                 znear: float = 0.1, zfar: float = 10.0) -> np.ndarray:
+  """Z-buffer depth of the posed canonical grid mesh, seen by the camera.
+
+  Triangles are those of METHOD 5 (both sides rendered); a pixel centre is
+  covered by a triangle when its three screen-space barycentrics are >= 0
+  (a small tolerance keeps shared edges watertight); the depth there is the
+  perspective-correct one (1/z affine in screen space), exact for the planar
+  triangle; the nearest triangle wins.
+
+  Args:
+    canon_depth: [S, S] canonical depth.
+    view: 6 numbers (rx, ry, rz radians; tx, ty, tz).
+    face_mask: optional [2 (S-1)^2] bool, which triangles to draw (default all).
+    znear, zfar: triangles with a corner outside (znear, zfar) are dropped.
+  Returns:
+    [S, S] float64 depth; np.inf where no triangle covers the pixel centre.
+  """
+  size = canon_depth.shape[0]
+  focal = focal_length(size)
+  centre_px = (size - 1) / 2
+  points = pose_points(unproject_np(canon_depth.astype(np.float64), focal), view)
+  points = points.reshape(-1, 3)
+  z = points[:, 2]
+  sx = points[:, 0] / z * focal + centre_px
+  sy = points[:, 1] / z * focal + centre_px
+  tris = grid_triangles(size)
+  if face_mask is not None:
+    tris = tris[face_mask]
+  x0, x1, x2 = sx[tris[:, 0]], sx[tris[:, 1]], sx[tris[:, 2]]
+  y0, y1, y2 = sy[tris[:, 0]], sy[tris[:, 1]], sy[tris[:, 2]]
+  z0, z1, z2 = z[tris[:, 0]], z[tris[:, 1]], z[tris[:, 2]]
+  area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
+  eps = 1e-7
+  # Pixel centres (integers) inside each bounding box.
+  col0 = np.maximum(np.ceil(np.minimum(np.minimum(x0, x1), x2) - eps), 0)
+  col1 = np.minimum(np.floor(np.maximum(np.maximum(x0, x1), x2) + eps), size - 1)
+  row0 = np.maximum(np.ceil(np.minimum(np.minimum(y0, y1), y2) - eps), 0)
+  row1 = np.minimum(np.floor(np.maximum(np.maximum(y0, y1), y2) + eps), size - 1)
+  ncol = (col1 - col0 + 1).astype(np.int64)
+  nrow = (row1 - row0 + 1).astype(np.int64)
+  zmin = np.minimum(np.minimum(z0, z1), z2)
+  zmax = np.maximum(np.maximum(z0, z1), z2)
+  keep = (ncol > 0) & (nrow > 0) & (np.abs(area) > 1e-12) & (zmin > znear) & (zmax < zfar)
+  idx = np.nonzero(keep)[0]
+  ncol, nrow = ncol[idx], nrow[idx]
+  count = ncol * nrow
+  total = int(count.sum())
+  zbuf = np.full(size * size, np.inf)
+  if total == 0:
+    return zbuf.reshape(size, size)
+  # Enumerate (triangle, pixel centre) candidates without a Python loop.
+  face = np.repeat(idx, count)
+  start = np.repeat(np.cumsum(count) - count, count)
+  k = np.arange(total) - start
+  ncol_rep = ncol.repeat(count)
+  px = col0[face] + k % ncol_rep
+  py = row0[face] + k // ncol_rep
+  ax, ay, bx, by, cx, cy = x0[face], y0[face], x1[face], y1[face], x2[face], y2[face]
+  inv_area = 1.0 / area[face]
+  w0 = ((bx - px) * (cy - py) - (cx - px) * (by - py)) * inv_area
+  w1 = ((cx - px) * (ay - py) - (ax - px) * (cy - py)) * inv_area
+  w2 = 1.0 - w0 - w1
+  tol = -1e-9
+  inside = (w0 >= tol) & (w1 >= tol) & (w2 >= tol)
+  face, px, py = face[inside], px[inside], py[inside]
+  w0, w1, w2 = w0[inside], w1[inside], w2[inside]
+  depth = 1.0 / (w0 / z0[face] + w1 / z1[face] + w2 / z2[face])
+  pixel = py.astype(np.int64) * size + px.astype(np.int64)
+  np.minimum.at(zbuf, pixel, depth)
+  return zbuf.reshape(size, size)
+
+
+def bilinear_np(image: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+  """Samples image [H, W, C] at pixel coordinates u, v [N] (border clamped)."""
+  height, width = image.shape[:2]
+  u = np.clip(u, 0, width - 1)
+  v = np.clip(v, 0, height - 1)
+  u0 = np.minimum(np.floor(u).astype(np.int64), width - 2)
+  v0 = np.minimum(np.floor(v).astype(np.int64), height - 2)
+  fu, fv = (u - u0)[:, None], (v - v0)[:, None]
+  top = image[v0, u0] * (1 - fu) + image[v0, u0 + 1] * fu
+  bottom = image[v0 + 1, u0] * (1 - fu) + image[v0 + 1, u0 + 1] * fu
+  return top * (1 - fv) + bottom * fv
+
+
+# ----------------------------------------------------------- the category ----
+
+def _gauss(x, y, cx, cy, sx, sy):
+  """Anisotropic Gaussian bump (peak 1) [S, S] at (cx, cy) on the normalised
+  grid; separable, so built from two 1-D profiles (x, y: [S] axes)."""
+  gx = np.exp(-0.5 * ((x - cx) / sx) ** 2)
+  gy = np.exp(-0.5 * ((y - cy) / sy) ** 2)
+  return gy[:, None] * gx[None, :]
+
+
+def _pair(x, y, cx, cy, sx, sy):
+  """A mirrored pair of Gaussians at (+-cx, cy): symmetric by construction."""
+  gx = np.exp(-0.5 * ((x - cx) / sx) ** 2) + np.exp(-0.5 * ((x + cx) / sx) ** 2)
+  gy = np.exp(-0.5 * ((y - cy) / sy) ** 2)
+  return gy[:, None] * gx[None, :]
+
+
+def _hsv_to_rgb(h, s, v):
+  """One HSV colour (all in [0, 1]) -> RGB [3] in [0, 1]."""
+  i = int(h * 6) % 6
+  f = h * 6 - math.floor(h * 6)
+  p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+  return np.array([(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i])
+
+
+def _blend(base, colour, weight):
+  """base [H, W, 3] toward colour [3] by weight [H, W] in [0, 1]."""
+  return base + (colour - base) * weight[..., None]
+
+
+class SynFaces:
+  """Deterministic procedural face-like samples.
+
+  Args:
+    image_size: S (pixels).
+    seed: dataset seed; sample i depends only on (seed, i).
+    max_yaw, max_pitch, max_roll: uniform pose ranges, degrees.
+    max_translation: uniform x, y translation range (camera units; the frame
+      spans +-0.0875 at depth 1 with fov 10, so 0.05 moves a head by over a
+      quarter of the frame).
+    asymmetry: scale of the one-sided depth bump and albedo marks (0 gives
+      exactly mirror-symmetric canonical depth and albedo).
+  """
+
+  def __init__(self, image_size: int = 64, seed: int = 0, max_yaw: float = 60.0,
+               max_pitch: float = 20.0, max_roll: float = 10.0,
+               max_translation: float = 0.05, asymmetry: float = 1.0):
+    if image_size < 8:
+      raise ValueError(f"SynFaces: image_size={image_size} is too small; use >= 8 "
+                       "(e.g. --image_size 64)")
+    self.image_size = image_size
+    self.seed = int(seed)
+    self.max_yaw, self.max_pitch, self.max_roll = max_yaw, max_pitch, max_roll
+    self.max_translation = max_translation
+    self.asymmetry = asymmetry
+    self.focal = focal_length(image_size)
+    # Normalised grid: x, y in [-1, 1] across the frame (pixel centres).
+    # float32: the colour work is memory bound; depth is built in float64.
+    axis = np.linspace(-1.0, 1.0, image_size, dtype=np.float32)
+    self._axis = axis
+    self._x, self._y = np.meshgrid(axis, axis)
+
+  # -- parts ----------------------------------------------------------------
+
+  def _shape(self, rng):
+    """Canonical depth [S, S], head mask [S, S] bool, the asymmetric part."""
+    x, y, a = self._x, self._y, self._axis
+    u = rng.uniform
+    ax, ay, cy = u(0.45, 0.6), u(0.6, 0.75), u(-0.05, 0.05)
+    r2 = (x / ax) ** 2 + ((y - cy) / ay) ** 2
+    # The head ends before the ellipsoid turns vertical: a near-vertical rim
+    # sampled on the pixel grid shows as spikes when seen at grazing angles.
+    head = r2 < _RIM_R2
+    relief = u(0.08, 0.11)
+    # Ellipsoid: meets the background depth at the rim, bulges toward camera.
+    depth = FAR_DEPTH - relief * np.sqrt(np.clip(1 - r2, 0, 1))
+    yy = (y - cy) / ay  # vertical position within the head, -1 top .. 1 bottom
+    eye_x, eye_y = u(0.28, 0.42) * ax, cy + u(-0.25, -0.1) * ay
+    nose_len = u(0.25, 0.45) * ay
+    feat = np.zeros_like(x)
+    # Nose: a ridge from between the eyes down to the tip, then the tip.
+    ridge = np.clip((y - eye_y) / nose_len, 0, 1)
+    feat -= u(0.02, 0.035) * ridge * _gauss(a, a, 0, eye_y + nose_len / 2, u(0.06, 0.1),
+                                            nose_len * 0.9)
+    feat -= u(0.01, 0.02) * _gauss(a, a, 0, eye_y + nose_len, u(0.06, 0.1), u(0.05, 0.08))
+    feat += u(0.008, 0.016) * _pair(a, a, eye_x, eye_y, u(0.08, 0.12), u(0.05, 0.08))
+    brow_y = eye_y - u(0.1, 0.16)
+    feat -= u(0.004, 0.01) * _pair(a, a, eye_x, brow_y, u(0.12, 0.18), u(0.04, 0.06))
+    feat -= u(0.004, 0.01) * _pair(a, a, u(0.45, 0.6) * ax, eye_y + u(0.2, 0.3),
+                                   u(0.12, 0.2), u(0.1, 0.16))
+    chin_y = cy + u(0.65, 0.8) * ay
+    feat -= u(0.006, 0.014) * _gauss(a, a, 0, chin_y, u(0.15, 0.25), u(0.08, 0.12))
+    mouth_y = eye_y + nose_len + u(0.12, 0.2)
+    feat -= u(0.002, 0.006) * _gauss(a, a, 0, mouth_y, u(0.12, 0.2), u(0.03, 0.05))
+    # Features fade out toward the rim so the silhouette stays the ellipse's.
+    fade = np.clip(1 - r2, 0, 1) ** 0.5
+    symmetric = depth + feat * fade
+    # The asymmetric part: one bump on a random side.
+    side = rng.choice([-1.0, 1.0])
+    bump = (self.asymmetry * u(0.004, 0.008)
+            * _gauss(a, a, side * u(0.3, 0.55) * ax, cy + u(-0.3, 0.4) * ay,
+                     u(0.06, 0.1), u(0.06, 0.1)))
+    asym = -bump * fade  # toward the camera
+    depth = np.where(head, np.clip(symmetric + asym, MIN_DEPTH, FAR_DEPTH), FAR_DEPTH)
+    layout = dict(ax=ax, ay=ay, cy=cy, eye_x=eye_x, eye_y=eye_y, brow_y=brow_y,
+                  mouth_y=mouth_y, yy=yy, side=side)
+    return depth, head, np.where(head, asym, 0.0), layout
+
+  def _albedo(self, rng, layout):
+    """Canonical albedo [S, S, 3] in [0, 1] and its asymmetric part."""
+    x, y, a = self._x, self._y, self._axis
+    u = rng.uniform
+    skin = _hsv_to_rgb(u(0.02, 0.11), u(0.2, 0.6), u(0.45, 0.95))
+    albedo = np.broadcast_to(skin.astype(np.float32), x.shape + (3,)).copy()
+    # Gentle vertical shading of the skin tone (symmetric).
+    albedo *= (1 + u(-0.08, 0.08) * layout["yy"])[..., None]
+    ax, ay, cy = layout["ax"], layout["ay"], layout["cy"]
+    eye_x, eye_y = layout["eye_x"], layout["eye_y"]
+    hair = _hsv_to_rgb(u(0.0, 0.15), u(0.2, 0.8), u(0.05, 0.6))
+    hair_line = u(-0.75, -0.45)
+    hair_w = np.clip((hair_line - layout["yy"]) * 8 + 0.5, 0, 1)
+    hair_w = np.maximum(hair_w, np.clip((np.abs(x) / ax - u(0.85, 0.95)) * 10, 0, 1)
+                        * (layout["yy"] < u(0.0, 0.4)))
+    albedo = _blend(albedo, hair, hair_w)
+    cheek = skin * np.array([1.1, 0.85, 0.85])
+    albedo = _blend(albedo, cheek, u(0.3, 0.7) * _pair(a, a, 0.55 * ax, eye_y + 0.25,
+                                                        0.12, 0.1))
+    brow = hair * u(0.6, 1.0)
+    albedo = _blend(albedo, brow, np.clip(1.5 * _pair(a, a, eye_x, layout["brow_y"],
+                                                      u(0.1, 0.15), 0.03), 0, 1))
+    eye_white = np.array([0.9, 0.9, 0.88]) * u(0.8, 1.0)
+    albedo = _blend(albedo, eye_white, np.clip(2 * _pair(a, a, eye_x, eye_y, 0.09, 0.035)
+                                               - 0.6, 0, 1))
+    iris = _hsv_to_rgb(u(0.05, 0.6), u(0.3, 0.8), u(0.1, 0.5))
+    albedo = _blend(albedo, iris, np.clip(2 * _pair(a, a, eye_x, eye_y, 0.035, 0.035)
+                                          - 0.5, 0, 1))
+    lips = _hsv_to_rgb(u(0.95, 1.0), u(0.4, 0.7), u(0.4, 0.8))
+    albedo = _blend(albedo, lips, np.clip(1.5 * _gauss(a, a, 0, layout["mouth_y"],
+                                                       u(0.12, 0.18), 0.035), 0, 1))
+    albedo = np.clip(albedo, 0, 1)
+    symmetric = albedo
+    # The asymmetric part: a mole and a few freckles, on a random side.
+    side = rng.choice([-1.0, 1.0])
+    mark = 0.6 * _gauss(a, a, side * u(0.25, 0.55) * ax, cy + u(-0.2, 0.5) * ay,
+                        0.035, 0.035)
+    for _ in range(int(rng.integers(3, 7))):
+      mark += 0.35 * _gauss(a, a, side * u(0.2, 0.6) * ax, cy + u(-0.2, 0.3) * ay,
+                            0.02, 0.02)
+    mark = np.clip(self.asymmetry * mark, 0, 1)
+    albedo = _blend(symmetric, skin * 0.45, mark)
+    return albedo, albedo - symmetric
+
+  def _background(self, rng):
+    """[S, S, 3] in [0, 1]: a random linear colour gradient plus smooth noise."""
+    size = self.image_size
+    c0, c1 = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
+    angle = rng.uniform(0, 2 * math.pi)
+    t = (self._x * math.cos(angle) + self._y * math.sin(angle)) * 0.5 + 0.5
+    image = (c0 + (c1 - c0) * t[..., None]).astype(np.float32)
+    # Smooth noise: a random coarse grid, linearly interpolated (separable).
+    cells = int(rng.integers(3, 12))
+    noise = rng.standard_normal((cells + 1, cells + 1, 3), np.float32)
+    noise *= rng.uniform(0.03, 0.15)
+    pos = np.linspace(0, cells, size, dtype=np.float32)
+    interp = np.maximum(0, 1 - np.abs(pos[:, None] - np.arange(cells + 1)[None, :]))
+    rows = (interp @ noise.reshape(cells + 1, -1)).reshape(size, cells + 1, 3)
+    image += np.matmul(interp, rows)                  # [S, S, 3]
+    image += 0.02 * rng.standard_normal(image.shape, np.float32)
+    return np.clip(image, 0, 1)
+
+  # -- public ---------------------------------------------------------------
+
+  def rng(self, index: int) -> np.random.Generator:
+    """The random stream of sample `index` (depends only on seed, index)."""
+    if index < 0:
+      raise ValueError(f"SynFaces.sample: index={index} must be >= 0")
+    return np.random.default_rng([self.seed, int(index)])
+
+  def sample(self, index: int) -> dict:
+    """Generates sample `index`.
+
+    Returns:
+      dict with
+        image: [S, S, 3] uint8, the input view;
+        depth: [S, S] float32 input-view depth, object in [0.9, FG_MAX_DEPTH],
+          background FAR_DEPTH (1.1);
+        mask: [S, S] bool, the object in the input view;
+        canon_depth: [S, S] float32 in [0.9, 1.1] (background 1.1);
+        canon_albedo: [S, S, 3] float32 in [-1, 1];
+        canon_depth_asym, canon_albedo_asym: the asymmetric parts that were
+          added to the mirror-symmetric ones (same shapes; albedo in [0, 1]
+          units);
+        light: [4] float32 (ambient a, diffuse b, lx, ly);
+        view: [6] float32 (rx, ry, rz radians; tx, ty, tz).
+    """
+    rng = self.rng(index)
+    size = self.image_size
+    canon_depth, head, depth_asym, layout = self._shape(rng)
+    albedo, albedo_asym = self._albedo(rng, layout)
+    light = np.array([rng.uniform(0.3, 0.6), rng.uniform(0.4, 0.8),
+                      rng.uniform(-1, 1), rng.uniform(-1, 1)])
+    deg = math.pi / 180
+    view = np.array([rng.uniform(-1, 1) * self.max_pitch * deg,
+                     rng.uniform(-1, 1) * self.max_yaw * deg,
+                     rng.uniform(-1, 1) * self.max_roll * deg,
+                     rng.uniform(-1, 1) * self.max_translation,
+                     rng.uniform(-1, 1) * self.max_translation, 0.0])
+    background = self._background(rng)
+
+    # Lambertian shading in the canonical frame (METHOD 4).
+    normal = normals_np(canon_depth, self.focal)
+    direction = np.array([light[2], light[3], 1.0])
+    direction /= np.linalg.norm(direction)
+    shading = light[0] + light[1] * np.maximum(normal @ direction, 0)
+    canon_image = np.clip(albedo * shading[..., None], 0, 1)
+
+    # Only triangles whose corners all lie on the head are drawn.
+    head_flat = head.ravel()
+    tris = grid_triangles(size)
+    face_mask = head_flat[tris].all(axis=1)
+    zbuf = render_depth(canon_depth, view, face_mask)
+    mask = np.isfinite(zbuf)
+    depth = np.where(mask, np.clip(zbuf, MIN_DEPTH, FG_MAX_DEPTH), FAR_DEPTH)
+
+    # Colour of each covered pixel: back to the canonical view through the
+    # rendered depth, then a bilinear lookup of the shaded canonical image.
+    image = background
+    vs, us = np.nonzero(mask)
+    if len(vs):
+      c = (size - 1) / 2
+      z = zbuf[vs, us]
+      points = np.stack([(us - c) / self.focal * z, (vs - c) / self.focal * z, z], -1)
+      canon = unpose_points(points, view)
+      cu = canon[:, 0] / canon[:, 2] * self.focal + c
+      cv = canon[:, 1] / canon[:, 2] * self.focal + c
+      image = background.copy()
+      image[vs, us] = bilinear_np(canon_image, cu, cv)
+    image = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+    return dict(image=image, depth=depth.astype(np.float32), mask=mask,
+                canon_depth=canon_depth.astype(np.float32),
+                canon_albedo=(albedo * 2 - 1).astype(np.float32),
+                canon_depth_asym=depth_asym.astype(np.float32),
+                canon_albedo_asym=albedo_asym.astype(np.float32),
+                light=light.astype(np.float32), view=view.astype(np.float32))
+
+  def tf_dataset(self, split: str = "train", num=None, start: int = 0):
+    """Streams (image, depth) straight into tf.data, no disk.
+
+    Args:
+      split: 'train', 'val' or 'test' (disjoint index ranges, SPLIT_OFFSETS).
+      num: number of samples (None: endless).
+      start: first index within the split.
+    Returns:
+      tf.data.Dataset of (image float32 [S, S, 3] in [-1, 1],
+      depth float32 [S, S]).
+    """
+    import tensorflow as tf  # only the streaming path needs TensorFlow
+    offset = split_offset(split) + start
+    size = self.image_size
+
+    def generate():
+      i = 0
+      while num is None or i < num:
+        s = self.sample(offset + i)
+        yield s["image"].astype(np.float32) / 255 * 2 - 1, s["depth"]
+        i += 1
+
+    return tf.data.Dataset.from_generator(generate, output_signature=(
+        tf.TensorSpec([size, size, 3], tf.float32),
+        tf.TensorSpec([size, size], tf.float32)))
+
+
+def split_offset(split: str) -> int:
+  """First sample index of a split."""
+  if split not in SPLIT_OFFSETS:
+    raise ValueError(f"synthetic: unknown split {split!r}; use one of "
+                     f"{sorted(SPLIT_OFFSETS)}")
+  return SPLIT_OFFSETS[split]
+
+
+# ----------------------------------------------------------------- files ----
+
+def encode_depth(depth: np.ndarray) -> np.ndarray:
+  """Depth [S, S] -> uint16 PNG values for METHOD 8's decoding.
+
+  g = (1.1 - d) / 0.2 (white = near) so that
+  d = depth_rescale((1 - g) * 2 - 1) = 1.1 - 0.2 g with g = value / 65535.
+  """
+  d = np.clip(depth.astype(np.float64), MIN_DEPTH, MAX_DEPTH)
+  g = (MAX_DEPTH - d) / (MAX_DEPTH - MIN_DEPTH)
+  return np.round(g * _DEPTH_PNG_MAX).astype(np.uint16)
+
+
+def decode_depth(values: np.ndarray) -> np.ndarray:
+  """METHOD 8: g = value / max; d = depth_rescale((1 - g) * 2 - 1)."""
+  g = values.astype(np.float64) / _DEPTH_PNG_MAX
+  t = (1 - g) * 2 - 1
+  return ((1 + t) / 2 * MAX_DEPTH + (1 - t) / 2 * MIN_DEPTH).astype(np.float32)
+
+
+def _save_atomic(image, path: str):
+  """Writes a PIL image through a temporary file so a crash leaves no half file."""
+  tmp = path + ".tmp.png"
+  image.save(tmp)
+  os.replace(tmp, path)
+
+
+def write_split(out_dir: str, split: str, num: int, image_size: int = 64,
+                seed: int = 0, progress: bool = True, generator=None) -> int:
+  """Writes METHOD 8's layout for one split; existing pairs are skipped.
+
+  Files: <out_dir>/<split>/image/<name>_image.png (RGB 8-bit) and
+  <out_dir>/<split>/depth/<name>_depth.png (16-bit, `encode_depth`), with
+  name = the 7-digit index within the split.
+
+  Returns:
+    The number of pairs written by this call (0 when all existed).
+  """
+  from PIL import Image
+  gen = generator or SynFaces(image_size=image_size, seed=seed)
+  offset = split_offset(split)
+  image_dir = os.path.join(out_dir, split, "image")
+  depth_dir = os.path.join(out_dir, split, "depth")
+  os.makedirs(image_dir, exist_ok=True)
+  os.makedirs(depth_dir, exist_ok=True)
+  indices = range(num)
+  if progress:
+    from tqdm import tqdm
+    indices = tqdm(indices, desc=f"synfaces {split}", unit="img")
+  written = 0
+  for i in indices:
+    name = f"{i:07d}"
+    image_path = os.path.join(image_dir, f"{name}_image.png")
+    depth_path = os.path.join(depth_dir, f"{name}_depth.png")
+    if os.path.exists(image_path) and os.path.exists(depth_path):
+      continue
+    s = gen.sample(offset + i)
+    _save_atomic(Image.fromarray(encode_depth(s["depth"])), depth_path)
+    _save_atomic(Image.fromarray(s["image"]), image_path)
+    written += 1
+  return written
+
+
+def _depth_to_gray(depth: np.ndarray) -> np.ndarray:
+  """Depth [S, S] -> uint8 [S, S, 3], white = near (as the depth PNGs)."""
+  g = (MAX_DEPTH - np.clip(depth, MIN_DEPTH, MAX_DEPTH)) / (MAX_DEPTH - MIN_DEPTH)
+  return np.repeat((g * 255).round().astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def preview_grid(path: str, num: int = 8, image_size: int = 64, seed: int = 0,
+                 scale: int = 2) -> np.ndarray:
+  """Saves a PNG grid: per column one sample; rows input image, input depth,
+  canonical albedo, canonical depth (white = near).
+
+  Returns:
+    The grid as uint8 [4 S scale, num S scale, 3].
+  """
+  from PIL import Image
+  gen = SynFaces(image_size=image_size, seed=seed)
+  columns = []
+  for i in range(num):
+    s = gen.sample(i)
+    albedo = np.round((s["canon_albedo"] / 2 + 0.5) * 255).astype(np.uint8)
+    columns.append(np.concatenate([s["image"], _depth_to_gray(s["depth"]), albedo,
+                                   _depth_to_gray(s["canon_depth"])], axis=0))
+  grid = np.concatenate(columns, axis=1)
+  grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  Image.fromarray(grid).save(path, optimize=True)
+  return grid

@@ -153,3 +153,31 @@ def test_numpy_renderer_agrees_with_model_renderer(samples):
     assert (mine_cover != their_cover).mean() < 0.01
     close = np.abs(mine - theirs[k]) < 1e-4
     assert close[both].mean() >= 0.99, (k, close[both].mean())
+
+
+def test_prepare_cli_writes_splits_resumes_and_previews(tmp_path):
+  import subprocess
+  import sys
+  from tfsym3d.data import prepare
+  assert prepare.split_counts(10, ["0.8", "0.1", "0.1"]) == {"train": 8, "val": 1, "test": 1}
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=root)
+  command = [sys.executable, "-m", "tfsym3d.data.prepare", "synfaces",
+             "--out", str(tmp_path / "ds"), "--num", "5", "--seed", "1",
+             "--image_size", "32", "--split_fractions", "0.6,0.2,0.2"]
+  first = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+  assert "train: 3 pairs, 3 newly written" in first.stdout
+  counts = {s: len(os.listdir(tmp_path / "ds" / s / "depth")) for s in ("train", "val", "test")}
+  assert counts == {"train": 3, "val": 1, "test": 1}
+  image = Image.open(tmp_path / "ds" / "test" / "image" / "0000000_image.png")
+  assert image.size == (32, 32)
+  second = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+  assert "train: 3 pairs, 0 newly written" in second.stdout
+  preview = tmp_path / "p.png"
+  subprocess.run([sys.executable, "-m", "tfsym3d.data.prepare", "synfaces", "--preview",
+                  str(preview), "--preview_num", "2", "--image_size", "32"],
+                 env=env, capture_output=True, check=True)
+  assert Image.open(preview).size == (2 * 32 * 2, 4 * 32 * 2)
+  bad = subprocess.run([sys.executable, "-m", "tfsym3d.data.prepare", "celebA"], env=env,
+                       capture_output=True, text=True)
+  assert bad.returncode != 0 and "subcommand" in bad.stderr

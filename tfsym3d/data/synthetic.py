@@ -59,13 +59,23 @@ def rotation_matrix(rx: float, ry: float, rz: float) -> np.ndarray:
   return rot_z @ rot_y @ rot_x
 
 
+_RAYS = {}
+
+
+def _rays(height: int, width: int, focal: float) -> np.ndarray:
+  """Cached K^-1 [u, v, 1] of every pixel centre: [H, W, 3] float64."""
+  key = (height, width, focal)
+  if key not in _RAYS:
+    u = (np.arange(width) - (width - 1) / 2) / focal
+    v = (np.arange(height) - (height - 1) / 2) / focal
+    uu, vv = np.meshgrid(u, v)
+    _RAYS[key] = np.stack([uu, vv, np.ones_like(uu)], axis=-1)
+  return _RAYS[key]
+
+
 def unproject_np(depth: np.ndarray, focal: float) -> np.ndarray:
   """P(u, v) = d(u, v) K^-1 [u, v, 1]: depth [H, W] -> points [H, W, 3]."""
-  height, width = depth.shape
-  c = (width - 1) / 2
-  u = (np.arange(width) - c) / focal
-  v = (np.arange(height) - (height - 1) / 2) / focal
-  return np.stack([depth * u[None, :], depth * v[:, None], depth], axis=-1)
+  return depth[..., None] * _rays(depth.shape[0], depth.shape[1], focal)
 
 
 def normals_np(depth: np.ndarray, focal: float) -> np.ndarray:
@@ -109,7 +119,8 @@ def pose_points(points: np.ndarray, view) -> np.ndarray:
   """P' = R (P - c) + c + t about c = (0, 0, 1) (METHOD 5); points [..., 3]."""
   rot = rotation_matrix(*view[:3])
   centre = np.array([0.0, 0.0, ROT_CENTER_DEPTH])
-  return (points - centre) @ rot.T + centre + np.asarray(view[3:6], np.float64)
+  # One product and one shift: P' = P R^T + (c - R c + t).
+  return points @ rot.T + (centre - rot @ centre + np.asarray(view[3:6], np.float64))
 
 
 def unpose_points(points: np.ndarray, view) -> np.ndarray:
@@ -214,15 +225,18 @@ def bilinear_np(image: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------- the category ----
 
 def _gauss(x, y, cx, cy, sx, sy):
-  """Anisotropic Gaussian bump (peak 1) [S, S] at (cx, cy) on the normalised
-  grid; separable, so built from two 1-D profiles (x, y: [S] axes)."""
+  """Anisotropic Gaussian bump (peak 1) at (cx, cy): [H, W].
+
+  Separable, so built from two 1-D profiles: x [W] and y [H] are the
+  normalised column and row coordinates (W may be the half grid).
+  """
   gx = np.exp(-0.5 * ((x - cx) / sx) ** 2)
   gy = np.exp(-0.5 * ((y - cy) / sy) ** 2)
   return gy[:, None] * gx[None, :]
 
 
 def _pair(x, y, cx, cy, sx, sy):
-  """A mirrored pair of Gaussians at (+-cx, cy): symmetric by construction."""
+  """A mirrored pair of Gaussians at (+-cx, cy): [H, W] (as `_gauss`)."""
   gx = np.exp(-0.5 * ((x - cx) / sx) ** 2) + np.exp(-0.5 * ((x + cx) / sx) ** 2)
   gy = np.exp(-0.5 * ((y - cy) / sy) ** 2)
   return gy[:, None] * gx[None, :]
@@ -392,16 +406,18 @@ class SynFaces:
   def _background(self, rng):
     """[S, S, 3] in [0, 1]: a random linear colour gradient plus smooth noise."""
     size = self.image_size
-    c0, c1 = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
+    c0 = rng.random(3, np.float32)
+    c1 = rng.random(3, np.float32)
     angle = rng.uniform(0, 2 * math.pi)
     a = self._axis
-    t = (a[None, :] * math.cos(angle) + a[:, None] * math.sin(angle)) * 0.5 + 0.5
-    image = (c0 + (c1 - c0) * t[..., None]).astype(np.float32)
+    t = a[None, :] * np.float32(math.cos(angle) / 2) + a[:, None] * np.float32(
+        math.sin(angle) / 2) + np.float32(0.5)
+    image = c0 + (c1 - c0) * t[..., None]
     # Smooth noise: a random coarse grid, linearly interpolated (separable).
     cells = int(rng.integers(3, 12))
     noise = rng.standard_normal((cells + 1, cells + 1, 3), np.float32)
     noise *= rng.uniform(0.03, 0.15)
-    pos = np.linspace(0, cells, size, dtype=np.float32)
+    pos = (self._axis + 1) * np.float32(cells / 2)   # 0 .. cells
     interp = np.maximum(0, 1 - np.abs(pos[:, None] - np.arange(cells + 1)[None, :]))
     rows = (interp @ noise.reshape(cells + 1, -1)).reshape(size, cells + 1, 3)
     image += np.matmul(interp, rows)                  # [S, S, 3]

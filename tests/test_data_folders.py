@@ -260,10 +260,13 @@ def test_paired_bad_depth_is_skipped(tmp_path, caplog):
                lambda i: Image.new("L", (176, 176), 128))
   bad = tmp_path / "test" / "depth" / "f001_depth.png"
   bad.write_bytes(b"")
+  # A temporary file left by an interrupted writer: skipped, not fatal.
+  stray = _save(_rgb(_COLOUR, 176, 176),
+                tmp_path / "test" / "image" / "f009_image.png.tmp.png")
   with caplog.at_level(logging.WARNING):
     im, d = _collect(folders.paired_dataset(tmp_path, "test", S, 8))
   assert im.shape == (2, S, S, 3) and d.shape == (2, S, S)
-  assert str(bad) in _warnings(caplog)
+  assert str(bad) in _warnings(caplog) and str(stray) in _warnings(caplog)
 
 
 def test_missing_or_empty_folders_and_missing_partner_raise(tmp_path):
@@ -284,6 +287,8 @@ def test_missing_or_empty_folders_and_missing_partner_raise(tmp_path):
   assert str(tmp_path / "test" / "depth" / "f001_depth.png") in str(e.value)
   with pytest.raises(ValueError, match="crop"):
     folders.image_folder_dataset(tmp_path, "test", crop=(1, 2, 3))
+  with pytest.raises(ValueError, match="image_size"):
+    folders.paired_dataset(tmp_path, "test", image_size=0)
 
 
 def test_scan_cache_reused_from_json(tmp_path, monkeypatch):

@@ -96,8 +96,9 @@ def list_pairs(root, split) -> List[Tuple[str, str]]:
 
   Raises:
     FileNotFoundError: the split, its `image/` or its `depth/` folder is missing.
-    ValueError: no images; an image not named `*_image.<ext>`; an image
-      without its depth partner (the message names the expected depth path).
+    ValueError: no `*_image.<ext>` file; an image without its depth partner
+      (the message names the expected depth path). Other files in `image/`
+      (e.g. temporary files) are skipped with a warning.
   """
   d = _split_dir(root, split)
   layout = (f"the paired layout (METHOD 8) is {d}/image/<name>_image.png with "
@@ -114,11 +115,13 @@ def list_pairs(root, split) -> List[Tuple[str, str]]:
     rel = p.relative_to(depth_dir).with_suffix("").as_posix()
     if rel.endswith("_depth"):
       depths[rel[:-len("_depth")]] = p
-  pairs, missing = [], []
+  pairs, missing, strays = [], [], []
   for p in images:
     rel = p.relative_to(image_dir).with_suffix("").as_posix()
     if not rel.endswith("_image"):
-      raise ValueError(f"{p}: image not named <name>_image.<ext>; {layout}")
+      # E.g. a temporary file left by an interrupted writer: not fatal.
+      strays.append(p)
+      continue
     key = rel[:-len("_image")]
     if key in depths:
       pairs.append((str(p), str(depths[key])))
@@ -129,6 +132,11 @@ def list_pairs(root, split) -> List[Tuple[str, str]]:
     raise ValueError(
         f"{p}: no depth partner, expected {want} ({len(missing)} of "
         f"{len(images)} images in {image_dir} lack one); {layout}")
+  for p in strays:
+    logging.warning("skipping %s: not named <name>_image.<ext>, so it has no "
+                    "depth partner; rename or delete it", p)
+  if not pairs:
+    raise ValueError(f"{image_dir}: no file named <name>_image.<ext>; {layout}")
   return pairs
 
 
@@ -204,6 +212,10 @@ def scan_files(paths: Sequence[str], cache_file=None,
   """
   cache_file = pathlib.Path(cache_file) if cache_file else None
   disk = _load_json_cache(cache_file)
+  base = os.path.abspath(cache_file.parent) if cache_file else ""
+  # JSON keys are relative to the cache's folder, so a moved dataset keeps it.
+  rel = {p: os.path.relpath(os.path.abspath(p), base) if base else p
+         for p in paths}
   results, todo, stats = {}, [], {}
   for p in paths:
     try:
@@ -213,7 +225,7 @@ def scan_files(paths: Sequence[str], cache_file=None,
       continue
     stats[p] = (st.st_mtime_ns, st.st_size)
     key = (p, *stats[p])
-    cached = disk.get(p)
+    cached = disk.get(rel[p])
     if key in _MEMO:
       results[p] = _MEMO[key]
     elif cached and tuple(cached[:2]) == stats[p]:
@@ -231,7 +243,7 @@ def scan_files(paths: Sequence[str], cache_file=None,
       for p, r in zip(todo, probes):
         results[p] = _MEMO[(p, *stats[p])] = r
     if cache_file is not None:
-      disk.update({p: [*stats[p], results[p]] for p in todo})
+      disk.update({rel[p]: [*stats[p], results[p]] for p in todo})
       _save_json_cache(cache_file, disk)
   return results
 
@@ -264,6 +276,12 @@ def _parse_crop(crop: Crop) -> Optional[Tuple[int, ...]]:
         f"crop={crop!r}: use None, an int (centre crop size) or a box "
         "(top, left, height, width) with top, left >= 0 and height, width > 0")
   return box
+
+
+def _check_sizes(image_size, batch_size) -> None:
+  for name, v in (("image_size", image_size), ("batch_size", batch_size)):
+    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
+      raise ValueError(f"{name}={v!r}: must be a positive int")
 
 
 def _crop_fits(crop, w: int, h: int) -> bool:
@@ -463,8 +481,12 @@ def _warn_skipped(skipped: List[Tuple[str, str]], total: int, where) -> None:
   for path, why in skipped:
     logging.warning("skipping %s: %s", path, why)
   if skipped:
+    hint = ""
+    if any("smaller than the" in why for _, why in skipped):
+      hint = "; for images smaller than the crop, lower `crop` or set it to None"
     logging.warning("skipped %d of %d files under %s (each named above); fix "
-                    "or delete them to use them", len(skipped), total, where)
+                    "or delete them to use them%s", len(skipped), total, where,
+                    hint)
 
 
 # --------------------------------------------------------------------------
@@ -505,6 +527,7 @@ def image_folder_dataset(root, split, image_size: int = 64,
     no usable image at all.
   """
   crop = _parse_crop(crop)
+  _check_sizes(image_size, batch_size)
   paths = list_images(root, split)
   infos = scan_files(paths, _default_cache(root, split, scan_cache), progress)
   good, skipped = [], []
@@ -580,6 +603,7 @@ def paired_dataset(root, split, image_size: int = 64, batch_size: int = 64,
     without its depth partner, bad `crop`, or no usable pair.
   """
   crop = _parse_crop(crop)
+  _check_sizes(image_size, batch_size)
   pairs = list_pairs(root, split)
   infos = scan_files([p for pair in pairs for p in pair],
                      _default_cache(root, split, scan_cache), progress)

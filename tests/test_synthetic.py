@@ -181,3 +181,19 @@ def test_prepare_cli_writes_splits_resumes_and_previews(tmp_path):
   bad = subprocess.run([sys.executable, "-m", "tfsym3d.data.prepare", "celebA"], env=env,
                        capture_output=True, text=True)
   assert bad.returncode != 0 and "subcommand" in bad.stderr
+
+
+def test_normals_and_pose_match_the_model_geometry(samples):
+  """Shading uses METHOD 4's normals and the pose METHOD 5's transform."""
+  from tfsym3d import geometry
+  depth = samples[0]["canon_depth"]
+  camera = geometry.Camera.from_fov(SIZE, 10.0)
+  theirs = geometry.normals_from_depth(depth[None], camera)[0].numpy()
+  mine = synthetic.normals_np(depth, synthetic.focal_length(SIZE))
+  np.testing.assert_allclose(mine, theirs, atol=1e-4)
+  points = np.random.default_rng(0).uniform(-0.1, 1.1, (5, 3))
+  view = samples[1]["view"]
+  theirs = geometry.rigid_transform(points[None].astype(np.float32), view[None]).numpy()[0]
+  np.testing.assert_allclose(synthetic.pose_points(points, view), theirs, atol=1e-5)
+  np.testing.assert_allclose(synthetic.unpose_points(synthetic.pose_points(points, view),
+                                                     view), points, atol=1e-12)

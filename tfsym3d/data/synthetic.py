@@ -78,19 +78,33 @@ def unproject_np(depth: np.ndarray, focal: float) -> np.ndarray:
   return depth[..., None] * _rays(depth.shape[0], depth.shape[1], focal)
 
 
+def normal_planes(depth: np.ndarray, focal: float):
+  """Unit normals of METHOD 4 as three [H, W] planes (nx, ny, nz).
+
+  For interior pixels n = normalize(t_u x t_v) (eps 1e-7 in the norm) with
+  central differences of the unprojected points; the border gets (0, 0, 1).
+  Separate planes keep every operation on contiguous 2-D arrays (faster
+  than [H, W, 3] slices).
+  """
+  height, width = depth.shape
+  u = (np.arange(width) - (width - 1) / 2) / focal
+  v = (np.arange(height) - (height - 1) / 2) / focal
+  px, py = depth * u[None, :], depth * v[:, None]
+  ux, uy, uz = (p[1:-1, 2:] - p[1:-1, :-2] for p in (px, py, depth))
+  vx, vy, vz = (p[2:, 1:-1] - p[:-2, 1:-1] for p in (px, py, depth))
+  nx, ny, nz = uy * vz - uz * vy, uz * vx - ux * vz, ux * vy - uy * vx
+  norm = np.sqrt(nx * nx + ny * ny + nz * nz) + 1e-7
+  planes = []
+  for n, border in ((nx, 0.0), (ny, 0.0), (nz, 1.0)):
+    plane = np.full((height, width), border, n.dtype)
+    plane[1:-1, 1:-1] = n / norm
+    planes.append(plane)
+  return planes
+
+
 def normals_np(depth: np.ndarray, focal: float) -> np.ndarray:
   """Unit normals of METHOD 4: depth [H, W] -> [H, W, 3]; border (0, 0, 1)."""
-  points = unproject_np(depth, focal)
-  t_u = points[1:-1, 2:] - points[1:-1, :-2]
-  t_v = points[2:, 1:-1] - points[:-2, 1:-1]
-  ux, uy, uz = t_u[..., 0], t_u[..., 1], t_u[..., 2]
-  vx, vy, vz = t_v[..., 0], t_v[..., 1], t_v[..., 2]
-  n = np.stack([uy * vz - uz * vy, uz * vx - ux * vz, ux * vy - uy * vx], -1)
-  n /= np.sqrt((n * n).sum(-1, keepdims=True)) + 1e-7
-  out = np.zeros(depth.shape + (3,), n.dtype)
-  out[..., 2] = 1
-  out[1:-1, 1:-1] = n
-  return out
+  return np.stack(normal_planes(depth, focal), axis=-1)
 
 
 # ------------------------------------------------------------ rasterizer ----
@@ -252,9 +266,10 @@ def _hsv_to_rgb(h, s, v):
 
 
 def _blend(base, colour, weight):
-  """base [H, W, 3] toward colour [3] by weight [H, W] in [0, 1]."""
+  """base [H, W, 3] toward colour [3] by weight [H, W] in [0, 1] (in place)."""
   colour = np.asarray(colour, base.dtype)  # float64 colours would upcast maps
-  return base + (colour - base) * weight[..., None]
+  base += (colour - base) * weight[..., None]
+  return base
 
 
 class SynFaces:
@@ -400,7 +415,7 @@ class SynFaces:
     weights = np.full(count, 0.35 * self.asymmetry)
     weights[0] = 0.6 * self.asymmetry
     mark = np.clip(self._bumps(centres, sigmas, weights), 0, 1)
-    albedo = _blend(symmetric, skin * 0.45, mark)
+    albedo = _blend(symmetric.copy(), skin * 0.45, mark)
     return albedo, albedo - symmetric
 
   def _background(self, rng):
@@ -464,10 +479,10 @@ class SynFaces:
     background = self._background(rng)
 
     # Lambertian shading in the canonical frame (METHOD 4).
-    normal = normals_np(canon_depth, self.focal)
-    direction = np.array([light[2], light[3], 1.0])
-    direction = (direction / np.linalg.norm(direction)).astype(np.float32)
-    shading = np.float32(light[0]) + np.float32(light[1]) * np.maximum(normal @ direction, 0)
+    nx, ny, nz = normal_planes(canon_depth, self.focal)
+    lx, ly, lz = np.array([light[2], light[3], 1.0]) / math.hypot(light[2], light[3], 1.0)
+    cosine = np.maximum(nx * np.float32(lx) + ny * np.float32(ly) + nz * np.float32(lz), 0)
+    shading = np.float32(light[0]) + np.float32(light[1]) * cosine
     canon_image = np.clip(albedo * shading[..., None], 0, 1)
 
     # Only triangles whose corners all lie on the head are drawn (the two

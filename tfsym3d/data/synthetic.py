@@ -388,22 +388,35 @@ class SynFaces:
     hair_w = np.clip((hair_line - yy) * 8 + 0.5, 0, 1)
     hair_w = np.maximum(hair_w, np.clip((np.abs(x) / ax - u(0.85, 0.95)) * 10, 0, 1)
                         * (yy < u(0.0, 0.4)))
-    albedo = _blend(albedo, hair, hair_w)
+    # Mirrored features, painted over in this order: (colour, x, y, sigma x,
+    # sigma y, gain, offset); weight = clip(gain * pair - offset, 0, 1).
     cheek = skin * np.array([1.1, 0.85, 0.85], np.float32)
-    albedo = _blend(albedo, cheek, u(0.3, 0.7) * _pair(h, a, 0.55 * ax, eye_y + 0.25,
-                                                        0.12, 0.1))
     brow = hair * u(0.6, 1.0)
-    albedo = _blend(albedo, brow, np.clip(1.5 * _pair(h, a, eye_x, layout["brow_y"],
-                                                      u(0.1, 0.15), 0.03), 0, 1))
     eye_white = np.array([0.9, 0.9, 0.88], np.float32) * u(0.8, 1.0)
-    albedo = _blend(albedo, eye_white, np.clip(2 * _pair(h, a, eye_x, eye_y, 0.09, 0.035)
-                                               - 0.6, 0, 1))
     iris = _hsv_to_rgb(u(0.05, 0.6), u(0.3, 0.8), u(0.1, 0.5))
-    albedo = _blend(albedo, iris, np.clip(2 * _pair(h, a, eye_x, eye_y, 0.035, 0.035)
-                                          - 0.5, 0, 1))
     lips = _hsv_to_rgb(u(0.95, 1.0), u(0.4, 0.7), u(0.4, 0.8))
-    albedo = _blend(albedo, lips, np.clip(1.5 * _gauss(h, a, 0, layout["mouth_y"],
-                                                       u(0.12, 0.18), 0.035), 0, 1))
+    features = [
+        (cheek, 0.55 * ax, eye_y + 0.25, 0.12, 0.1, u(0.3, 0.7), 0.0),
+        (brow, eye_x, layout["brow_y"], u(0.1, 0.15), 0.03, 1.5, 0.0),
+        (eye_white, eye_x, eye_y, 0.09, 0.035, 2.0, 0.6),
+        (iris, eye_x, eye_y, 0.035, 0.035, 2.0, 0.5),
+        (lips, 0.0, layout["mouth_y"], u(0.12, 0.18), 0.035, 0.75, 0.0),  # x 0: pair = 2x
+    ]
+    colours = np.stack([hair] + [f[0] for f in features])                # [K, 3]
+    cx, cy_, sx, sy, gain, offset = (np.array([f[i] for f in features], np.float32)[:, None]
+                                     for i in range(1, 7))
+    gx = np.exp(-0.5 * ((h - cx) / sx) ** 2) + np.exp(-0.5 * ((h + cx) / sx) ** 2)
+    gy = np.exp(-0.5 * ((a - cy_) / sy) ** 2)
+    weights = np.empty((len(features) + 1,) + hair_w.shape, np.float32)  # [K, S, W]
+    weights[0] = hair_w
+    weights[1:] = np.clip(gain[:, :, None] * gy[:, :, None] * gx[:, None, :]
+                          - offset[:, :, None], 0, 1)
+    # Painting layer k over the result of layers < k, all at once: layer k
+    # survives the layers above it, prod_{j > k} (1 - w_j).
+    through = np.cumprod((1 - weights)[::-1], axis=0)[::-1]           # prod_{j >= k}
+    above = np.concatenate([through[1:], np.ones_like(through[:1])])
+    painted = (weights * above).reshape(len(colours), -1).T @ colours
+    albedo = albedo * through[0][..., None] + painted.reshape(albedo.shape)
     symmetric = self._mirror(np.clip(albedo, 0, 1))
     # The asymmetric part: a mole and a few freckles, on a random side.
     side = float(rng.integers(2) * 2 - 1)

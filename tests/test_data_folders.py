@@ -242,16 +242,21 @@ def test_bad_files_are_skipped_with_a_warning_naming_each(tmp_path, caplog):
     folders.image_folder_dataset(tmp_path, "train", S, 8, crop=16)
 
 
-def test_file_broken_after_the_scan_is_skipped_not_fatal(tmp_path, caplog):
+@pytest.mark.parametrize("with_png", [False, True])  # uint8 / uint16 batches
+def test_file_changed_after_the_scan(tmp_path, caplog, with_png):
   d = tmp_path / "train"
   for i in range(4):
     _save(_rgb(_COLOUR, 24, 20), d / f"{i}.jpg", quality=95)
+  if with_png:
+    _save(_rgb(_COLOUR, 24, 20), d / "4.png")
   ds = folders.image_folder_dataset(tmp_path, "train", S, 8, training=False,
                                     scan_cache=False)
-  (d / "2.jpg").write_bytes(b"garbage now")
+  (d / "2.jpg").write_bytes(b"garbage now")  # broken: skipped, named
+  _save(_rgb(_COLOUR, 24, 20), d / "3.jpg", quality=50)  # still valid: kept
   with caplog.at_level(logging.WARNING):
     x = _collect(ds)
-  assert x.shape == (3, S, S, 3)
+  assert x.shape == (3 + with_png, S, S, 3)
+  np.testing.assert_allclose(x, np.broadcast_to(_RGB * 2 - 1, x.shape), atol=0.04)
   assert str(d / "2.jpg") in _warnings(caplog)
 
 

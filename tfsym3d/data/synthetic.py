@@ -238,24 +238,6 @@ def bilinear_np(image: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------- the category ----
 
-def _gauss(x, y, cx, cy, sx, sy):
-  """Anisotropic Gaussian bump (peak 1) at (cx, cy): [H, W].
-
-  Separable, so built from two 1-D profiles: x [W] and y [H] are the
-  normalised column and row coordinates (W may be the half grid).
-  """
-  gx = np.exp(-0.5 * ((x - cx) / sx) ** 2)
-  gy = np.exp(-0.5 * ((y - cy) / sy) ** 2)
-  return gy[:, None] * gx[None, :]
-
-
-def _pair(x, y, cx, cy, sx, sy):
-  """A mirrored pair of Gaussians at (+-cx, cy): [H, W] (as `_gauss`)."""
-  gx = np.exp(-0.5 * ((x - cx) / sx) ** 2) + np.exp(-0.5 * ((x + cx) / sx) ** 2)
-  gy = np.exp(-0.5 * ((y - cy) / sy) ** 2)
-  return gy[:, None] * gx[None, :]
-
-
 def _hsv_to_rgb(h, s, v):
   """One HSV colour (all in [0, 1]) -> RGB [3] in [0, 1]."""
   i = int(h * 6) % 6
@@ -345,21 +327,28 @@ class SynFaces:
     yy = (y - cy) / ay  # vertical position within the head, -1 top .. 1 bottom
     eye_x, eye_y = u(0.28, 0.42) * ax, cy + u(-0.25, -0.1) * ay
     nose_len = u(0.25, 0.45) * ay
-    # Nose: a ridge from between the eyes down to the tip, then the tip.
-    ridge = np.clip((y - eye_y) / nose_len, 0, 1)
-    feat = -u(0.02, 0.035) * ridge * _gauss(h, a, 0, eye_y + nose_len / 2, u(0.06, 0.1),
-                                            nose_len * 0.9)
-    feat -= u(0.01, 0.02) * _gauss(h, a, 0, eye_y + nose_len, u(0.06, 0.1), u(0.05, 0.08))
-    # Eye sockets (away from the camera), brows and cheeks (toward it).
-    feat += u(0.008, 0.016) * _pair(h, a, eye_x, eye_y, u(0.08, 0.12), u(0.05, 0.08))
     brow_y = eye_y - u(0.1, 0.16)
-    feat -= u(0.004, 0.01) * _pair(h, a, eye_x, brow_y, u(0.12, 0.18), u(0.04, 0.06))
-    feat -= u(0.004, 0.01) * _pair(h, a, u(0.45, 0.6) * ax, eye_y + u(0.2, 0.3),
-                                   u(0.12, 0.2), u(0.1, 0.16))
     chin_y = cy + u(0.65, 0.8) * ay
-    feat -= u(0.006, 0.014) * _gauss(h, a, 0, chin_y, u(0.15, 0.25), u(0.08, 0.12))
     mouth_y = eye_y + nose_len + u(0.12, 0.2)
-    feat -= u(0.002, 0.006) * _gauss(h, a, 0, mouth_y, u(0.12, 0.2), u(0.03, 0.05))
+    # Mirrored bumps (amplitude, x, y, sigma x, sigma y); negative is toward
+    # the camera. Central ones (x = 0) have half amplitude: their pair doubles.
+    bumps = np.array([
+        (-u(0.02, 0.035) / 2, 0, eye_y + nose_len / 2, u(0.06, 0.1), nose_len * 0.9),
+        (-u(0.01, 0.02) / 2, 0, eye_y + nose_len, u(0.06, 0.1), u(0.05, 0.08)),  # nose tip
+        (u(0.008, 0.016), eye_x, eye_y, u(0.08, 0.12), u(0.05, 0.08)),  # eye sockets
+        (-u(0.004, 0.01), eye_x, brow_y, u(0.12, 0.18), u(0.04, 0.06)),  # brows
+        (-u(0.004, 0.01), u(0.45, 0.6) * ax, eye_y + u(0.2, 0.3), u(0.12, 0.2),
+         u(0.1, 0.16)),                                                  # cheeks
+        (-u(0.006, 0.014) / 2, 0, chin_y, u(0.15, 0.25), u(0.08, 0.12)),  # chin
+        (-u(0.002, 0.006) / 2, 0, mouth_y, u(0.12, 0.2), u(0.03, 0.05)),  # lips
+    ], np.float32)
+    amp, bx, by, sx, sy = (bumps[:, i:i + 1] for i in range(5))
+    gx = np.exp(-0.5 * ((h - bx) / sx) ** 2) + np.exp(-0.5 * ((h + bx) / sx) ** 2)
+    gy = amp * np.exp(-0.5 * ((a - by) / sy) ** 2)                      # [K, S]
+    # The nose ridge grows from between the eyes down to the tip.
+    gy[0] *= np.clip((a - eye_y) / nose_len, 0, 1)
+    # Every bump is separable, so their sum is one matrix product.
+    feat = gy.T @ gx                                                    # [S, W]
     symmetric = self._mirror(np.where(head, depth + feat * fade, FAR_DEPTH))
     head, fade = self._mirror(head), self._mirror(fade)
     # The asymmetric part: one bump (toward the camera) on a random side.

@@ -333,7 +333,8 @@ class SynFaces:
     # Mirrored bumps (amplitude, x, y, sigma x, sigma y); negative is toward
     # the camera. Central ones (x = 0) have half amplitude: their pair doubles.
     bumps = np.array([
-        (-u(0.02, 0.035) / 2, 0, eye_y + nose_len / 2, u(0.06, 0.1), nose_len * 0.9),
+        (-u(0.02, 0.035) / 2, 0, eye_y + nose_len / 2, u(0.06, 0.1),
+         nose_len * 0.9),                                                # nose ridge
         (-u(0.01, 0.02) / 2, 0, eye_y + nose_len, u(0.06, 0.1), u(0.05, 0.08)),  # nose tip
         (u(0.008, 0.016), eye_x, eye_y, u(0.08, 0.12), u(0.05, 0.08)),  # eye sockets
         (-u(0.004, 0.01), eye_x, brow_y, u(0.12, 0.18), u(0.04, 0.06)),  # brows
@@ -507,8 +508,7 @@ class SynFaces:
       canon = unpose_points(points, view)
       cu = canon[:, 0] / canon[:, 2] * self.focal + c
       cv = canon[:, 1] / canon[:, 2] * self.focal + c
-      image = background.copy()
-      image[vs, us] = bilinear_np(canon_image, cu, cv)
+      image[vs, us] = bilinear_np(canon_image, cu, cv)  # background is ours
     image = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
     return dict(image=image, depth=depth.astype(np.float32), mask=mask,
                 canon_depth=canon_depth.astype(np.float32),

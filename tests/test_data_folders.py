@@ -3,6 +3,8 @@ flips, depth units and bad input. All files are generated under tmp_path."""
 
 import logging
 import os
+import struct
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -42,6 +44,20 @@ def _ramp(w, h):
   """uint8 [h, w, 3]: R grows with the column, G with the row (asymmetric)."""
   u, v = np.meshgrid(np.arange(w), np.arange(h))
   return np.stack([u * 5, v * 5, np.full_like(u, 50)], -1).astype(np.uint8)
+
+
+def _png16_rgb(path, a):
+  """Writes uint16 [h, w, 3] as a 16-bit RGB PNG (Pillow cannot)."""
+  def chunk(kind, data):
+    return (struct.pack(">I", len(data)) + kind + data
+            + struct.pack(">I", zlib.crc32(kind + data)))
+  h, w, _ = a.shape
+  raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in a)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(b"\x89PNG\r\n\x1a\n"
+                   + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                   + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+  return path
 
 
 def _warnings(caplog):
@@ -193,7 +209,14 @@ def test_depth_png_8_and_16_bit_and_rgb(tmp_path):
     return Image.new("L", (176, 180), v)
 
   _paired_tree(tmp_path, "test", 3, lambda i: _rgb(_COLOUR, 176, 180), depth)
+  # 16-bit RGB (Pillow would read it as 8-bit): the first channel, exactly.
+  a = np.zeros((180, 176, 3), np.uint16)
+  a[..., 0], a[..., 1] = 12345, 65535
+  _png16_rgb(tmp_path / "test" / "depth" / "f003_depth.png", a)
+  _save(_rgb(_COLOUR, 176, 180), tmp_path / "test" / "image" / "f003_image.png")
+  values.append(("RGB;16", 12345, 65535))
   im, d = _collect(folders.paired_dataset(tmp_path, "test", S, 8))  # crop 170
+  assert d.shape == (4, S, S)
   for (mode, v, vmax), di in zip(values, d):
     np.testing.assert_allclose(di, 1.1 - 0.2 * v / vmax, atol=1e-5, err_msg=mode)
   np.testing.assert_allclose(im, np.broadcast_to(np.array(_COLOUR) / 255 * 2 - 1,

@@ -143,6 +143,21 @@ def test_jpeg_crop_decodes_only_the_window(tmp_path):
   np.testing.assert_allclose(x[0], ramp[5:25, 10:30] / 255 * 2 - 1, atol=0.05)
 
 
+def test_jpeg_draft_decodes_smaller_and_stays_close(tmp_path):
+  u, v = np.meshgrid(np.arange(72), np.arange(80))
+  a = np.stack([u * 3, v * 3, (u + v) * 2], -1).astype(np.uint8)
+  _save(Image.fromarray(a), tmp_path / "t" / "a.jpg", quality=100)
+  _save(Image.fromarray(a[:, ::-1]), tmp_path / "t" / "b.png")
+  full = _collect(folders.image_folder_dataset(tmp_path, "t", S, 2,
+                                               training=False))
+  fast = _collect(folders.image_folder_dataset(tmp_path, "t", S, 2,
+                                               training=False, jpeg_draft=True))
+  assert folders._jpeg_ratio([(72, 80)], S) == 4
+  np.testing.assert_allclose(fast[1], full[1], atol=1e-6)  # PNG: unchanged
+  diff = np.abs(fast[0] - full[0])
+  assert 0 < diff.max() < 0.15 and diff.mean() < 0.03
+
+
 # --------------------------------------------------------------------------
 # Shuffling and flips.
 

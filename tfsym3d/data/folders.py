@@ -392,7 +392,7 @@ def _convert(x, src: tf.DType, dst: tf.DType):
 
 
 def _decode_crop(path, kind, nbytes, crop, dtype: tf.DType,
-                 channels: int = 3):
+                 channels: int = 3, jpeg_ratio: int = 1):
   """Reads, decodes and crops one file.
 
   Args:
@@ -404,6 +404,8 @@ def _decode_crop(path, kind, nbytes, crop, dtype: tf.DType,
       0..65535 (uint16) or [0, 1] (float32).
     channels: 3 for RGB; 1 for the first channel only (depth maps: grey, or
       the red channel of RGB, never a luminance mix).
+    jpeg_ratio: 1, 2, 4 or 8: JPEGs are decoded at 1/ratio of their size
+      (libjpeg's DCT scaling; only without a crop).
 
   Returns:
     [H, W, channels] of `dtype` (H, W after the crop).
@@ -424,7 +426,7 @@ def _decode_crop(path, kind, nbytes, crop, dtype: tf.DType,
 
   def jpeg():
     if crop is None:
-      x = tf.io.decode_jpeg(contents, channels=3)
+      x = tf.io.decode_jpeg(contents, channels=3, ratio=jpeg_ratio)
     else:
       shape = tf.image.extract_jpeg_shape(contents)
       # Decoding only the window skips work outside the crop.
@@ -519,6 +521,15 @@ def _assemble(elements: dict, decode, value_scale: float, finish,
   return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def _jpeg_ratio(sizes, image_size: int) -> int:
+  """Largest DCT scaling ratio keeping every (w, h) JPEG at least S x S."""
+  for r in (8, 4, 2):
+    if all(-(-w // r) >= image_size and -(-h // r) >= image_size
+           for w, h in sizes):
+      return r
+  return 1
+
+
 def _same_shape(sizes, crop, channels: int) -> Optional[Tuple[int, int, int]]:
   """(h, w, channels) if every (w, h) in sizes gives one cropped shape."""
   shapes = {_cropped_hw(crop, w, h) for w, h in sizes}
@@ -547,7 +558,8 @@ def image_folder_dataset(root, split, image_size: int = 64,
                          crop: Crop = None, seed: int = 0,
                          drop_remainder: Optional[bool] = None,
                          scan_cache: Union[bool, str] = True,
-                         progress: Optional[bool] = None) -> tf.data.Dataset:
+                         progress: Optional[bool] = None,
+                         jpeg_draft: bool = False) -> tf.data.Dataset:
   """Batches of images from `<root>/<split>/**` (METHOD 1 and 6).
 
   Each image: decoded to RGB, optionally cropped, resized to S x S (bilinear,
@@ -568,6 +580,11 @@ def image_folder_dataset(root, split, image_size: int = 64,
     drop_remainder: drop a last partial batch; None means `training`.
     scan_cache: True (JSON beside the data), a JSON path, or False (memory).
     progress: tqdm bar during the scan; None: only for large folders.
+    jpeg_draft: without a crop, decode JPEGs at 1/2, 1/4 or 1/8 size (the
+      largest keeping every JPEG >= S x S) by libjpeg's DCT scaling, then
+      resize as usual. About 25% faster for 178 x 218 -> 64, but not the
+      reference's resampling: the result differs by ~0.01 on average (max
+      ~0.1, mostly colour) in [-1, 1] units. Off by default.
 
   Returns:
     A dataset of float32 [B, S, S, 3] batches.
@@ -602,14 +619,23 @@ def image_folder_dataset(root, split, image_size: int = 64,
   }
 
   dtype = _storage_dtype(elements["kind"])
+  sizes = [(infos[p]["w"], infos[p]["h"]) for p in good]
+  ratio = 1
+  if jpeg_draft and crop is None:
+    jpegs = [wh for wh, p in zip(sizes, good) if infos[p]["kind"] == KIND_JPEG]
+    ratio = _jpeg_ratio(jpegs, image_size) if jpegs else 1
+    sizes = [(-(-w // ratio), -(-h // ratio))
+             if infos[p]["kind"] == KIND_JPEG else (w, h)
+             for (w, h), p in zip(sizes, good)]
 
   def decode(e):
-    return _decode_crop(e["path"], e["kind"], e["nbytes"], crop, dtype)
+    return _decode_crop(e["path"], e["kind"], e["nbytes"], crop, dtype,
+                        jpeg_ratio=ratio)
 
   def finish(x):
     return x * 2.0 - 1.0
 
-  same = _same_shape([(infos[p]["w"], infos[p]["h"]) for p in good], crop, 3)
+  same = _same_shape(sizes, crop, 3)
   return _assemble(elements, decode, _value_scale(dtype), finish, image_size,
                    same, batch_size, training, seed, drop_remainder)
 

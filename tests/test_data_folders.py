@@ -348,3 +348,16 @@ def test_scan_cache_reused_from_json(tmp_path, monkeypatch):
   x = _collect(folders.image_folder_dataset(tmp_path, "train", S, 4,
                                             training=False))
   assert x.shape == (3, S, S, 3)
+
+
+def test_reads_the_synthetic_face_writer_exactly(tmp_path):
+  """METHOD 8 files from tfsym3d.data.synthetic (16-bit depth) round-trip."""
+  synthetic = pytest.importorskip("tfsym3d.data.synthetic")
+  synthetic.write_split(str(tmp_path), "test", 3, image_size=S, progress=False)
+  im, d = _collect(folders.paired_dataset(tmp_path, "test", S, 4, crop=None))
+  names = sorted((tmp_path / "test" / "depth").glob("*_depth.png"))
+  want = np.stack([synthetic.decode_depth(np.asarray(Image.open(f))) for f in names])
+  np.testing.assert_allclose(d, want, atol=1e-6)
+  names = sorted((tmp_path / "test" / "image").glob("*_image.png"))
+  want = np.stack([np.asarray(Image.open(f)) for f in names]) / 255 * 2 - 1
+  np.testing.assert_allclose(im, want, atol=1e-6)

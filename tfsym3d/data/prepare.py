@@ -11,12 +11,14 @@
 from absl import app
 from absl import flags
 
+# --image_size (and every model flag) is defined once, in tfsym3d.flags.
+from tfsym3d import flags as _model_flags  # noqa: F401  pylint: disable=unused-import
+
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("out", None, "Output directory (the dataset root).")
 flags.DEFINE_integer("num", 10000, "Total number of samples over all splits.")
 flags.DEFINE_integer("seed", 0, "Dataset seed: sample i depends only on (seed, i).")
-flags.DEFINE_integer("image_size", 64, "Side S of the square images, pixels.")
 flags.DEFINE_list("split_fractions", ["0.8", "0.1", "0.1"],
                   "Fractions of --num for train,val,test.")
 flags.DEFINE_string("preview", None,

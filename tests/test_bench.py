@@ -78,3 +78,20 @@ def test_train_step_benchmark_tiny():
   assert result["params_total"] == sum(result["params"].values())
   assert math.isfinite(result["last_total_loss"])
   assert "images/s" in bench.format_table(result)
+
+
+def test_data_benchmark_tiny():
+  result = bench.data_benchmark(num_images=64, num_pairs=32, num_synthetic=16, batch_size=8,
+                                image_size=32, repeats=1, warmup=1, progress=False)
+  json.dumps(result, allow_nan=False)
+  rates = ("folder_images_per_s", "paired_images_per_s", "synthetic_images_per_s",
+           "synthetic_tf_dataset_images_per_s")
+  assert set(rates) <= result.keys() and ENVIRONMENT_KEYS <= result.keys()
+  assert all(_positive(result[k]) for k in rates)
+  # Training drops the last partial batch: whole batches only.
+  assert result["folder_images_per_epoch"] == 64 and result["paired_images_per_epoch"] == 32
+  assert result["batch_size"] == 8 and result["image_size"] == 32
+  assert len(result["folder_epoch_s"]) == 1 and _positive(result["paired_scan_s"])
+  assert "paired_source" in result
+  table = bench.format_table(result)
+  assert "folder" in table and "synthetic tf_dataset" in table

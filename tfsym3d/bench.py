@@ -1,4 +1,4 @@
-"""Speed benchmarks: the renderer's backends and one full training step.
+"""Speed benchmarks: the renderer's backends, one full training step, data input.
 
 Usage:
 
@@ -6,6 +6,9 @@ Usage:
       [--repeats 5] [--backends tf,tfg,tfg_own_bary]
   python -m tfsym3d.bench train_step [--json] [--batch_size 16] [--image_size 64]
       [--nf 64] [--steps 5] [--warmup 2] [--rasterizer tf] [--vgg_weights random]
+  python -m tfsym3d.bench data [--json] [--batch_size 64] [--image_size 64]
+      [--repeats 3] [--warmup 1] [--data_num_images 2000] [--data_num_pairs 1000]
+      [--data_num_synthetic 500]
 
 `renderer` times what the model does to reproject a batch of canonical depth
 maps into their views (METHOD 5): `Renderer.reconstructed_depth` (mesh,
@@ -16,6 +19,12 @@ rigid transform, rasterization, depth interpolation) followed by
 (`model.make_train_function()` over a `tf.data` iterator, which calls
 `Unsup3D.train_step`): forward pass, every loss including the perceptual one,
 gradients and the Adam update.
+
+`data` times the input pipelines of `tfsym3d.data` in images per second:
+`image_folder_dataset` over generated JPEGs, `paired_dataset` over generated
+image/depth PNG pairs (both in a temporary directory, full epochs after an
+untimed warm-up epoch) and the synthetic-face generator `SynFaces`, directly
+and through its `tf_dataset`.
 
 Benchmarks measure and report; they never assert. Figures go to stdout, as a
 table or (--json) as exactly one JSON object; logs and progress bars go to
@@ -43,12 +52,13 @@ from tqdm import tqdm
 
 from tfsym3d.config import ModelConfig
 
-BENCHMARKS = ("renderer", "train_step")
+BENCHMARKS = ("renderer", "train_step", "data")
 # Settings of the reference run (64 px faces); 0 / None on the command line
 # means "this benchmark's default".
 DEFAULTS = {
-    "renderer": {"batch_size": 128, "warmup": 2},
+    "renderer": {"batch_size": 128, "warmup": 2, "repeats": 5},
     "train_step": {"batch_size": 16, "warmup": 2},
+    "data": {"batch_size": 64, "warmup": 1, "repeats": 3},
 }
 # Depth the synthetic canonical maps get on their 2 leftmost and rightmost
 # columns, as the model writes a constant there (it uses config.border_depth,
@@ -339,6 +349,156 @@ def train_step_benchmark(batch_size: int = 16, image_size: int = 64, nf: int = 6
   return result
 
 
+# -- data --------------------------------------------------------------------
+
+# CelebA's aligned image size (width, height) and the paired layout's default
+# centre crop (METHOD 8; the reference's synthetic faces are 256 x 256).
+_FOLDER_WH = (178, 218)
+_PAIRED_WH = (256, 256)
+_PAIRED_CROP = 170
+
+
+def _smooth_noise(rng, width: int, height: int, channels: int):
+  """A random smooth uint8 image: coarse noise upsampled bicubically."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  coarse = rng.integers(0, 256, (height // 16 + 2, width // 16 + 2, channels), np.uint8)
+  im = Image.fromarray(coarse[..., 0] if channels == 1 else coarse)
+  return im.resize((width, height), Image.BICUBIC)
+
+
+def write_image_folder(directory: str, num: int, seed: int = 0,
+                       progress: bool = True) -> None:
+  """Writes `num` random smooth 178 x 218 JPEGs (quality 90) to `directory`."""
+  os.makedirs(directory, exist_ok=True)
+  rng = np.random.default_rng(seed)
+  for i in tqdm(range(num), desc="writing JPEGs", file=sys.stderr,
+                disable=not progress, leave=False):
+    _smooth_noise(rng, *_FOLDER_WH, 3).save(
+        os.path.join(directory, f"{i:06d}.jpg"), quality=90)
+
+
+def write_pairs(directory: str, num: int, seed: int = 0, progress: bool = True) -> None:
+  """Writes `num` pairs in METHOD 8's layout under `directory` (a split).
+
+  `image/<name>_image.png`: random smooth 256 x 256 RGB; `depth/<name>_depth.png`:
+  random smooth 8-bit grey of the same size.
+  """
+  image_dir = os.path.join(directory, "image")
+  depth_dir = os.path.join(directory, "depth")
+  os.makedirs(image_dir, exist_ok=True)
+  os.makedirs(depth_dir, exist_ok=True)
+  rng = np.random.default_rng(seed)
+  for i in tqdm(range(num), desc="writing pairs", file=sys.stderr,
+                disable=not progress, leave=False):
+    _smooth_noise(rng, *_PAIRED_WH, 3).save(os.path.join(image_dir, f"{i:06d}_image.png"))
+    _smooth_noise(rng, *_PAIRED_WH, 1).save(os.path.join(depth_dir, f"{i:06d}_depth.png"))
+
+
+def _time_epochs(make_dataset, repeats: int, warmup: int, desc: str, progress: bool):
+  """Builds a dataset and times full passes over it.
+
+  Returns:
+    (images per timed epoch, per-epoch seconds, construction seconds (the file
+    scan), seconds of the untimed warm-up epochs).
+  """
+  start = time.perf_counter()
+  dataset = make_dataset()
+  build = time.perf_counter() - start
+
+  def epoch():
+    count = 0
+    start = time.perf_counter()
+    for batch in dataset:
+      # The image batch (paired datasets yield (image, depth)).
+      images = batch[0] if isinstance(batch, tuple) else batch
+      count += int(images.shape[0])
+    return count, time.perf_counter() - start
+
+  warm = sum(epoch()[1] for _ in range(warmup))
+  timed = [epoch() for _ in tqdm(range(repeats), desc=desc, file=sys.stderr,
+                                 disable=not progress, leave=False)]
+  return timed[-1][0], [t for _, t in timed], build, warm
+
+
+def data_benchmark(num_images: int = 2000, num_pairs: int = 1000, num_synthetic: int = 500,
+                   batch_size: int = 64, image_size: int = 64, repeats: int = 3,
+                   warmup: int = 1, seed: int = 0, progress: bool = True) -> Dict:
+  """Images per second of the input pipelines (`tfsym3d.data`).
+
+  * folder: `image_folder_dataset` (training: shuffle and flip, no crop) over
+    `num_images` random smooth 178 x 218 JPEGs (CelebA's size, quality 90).
+  * paired: `paired_dataset` (training, centre crop 170) over `num_pairs`
+    random smooth 256 x 256 RGB PNGs with 8-bit grey depth PNGs (METHOD 8).
+  * synthetic: `SynFaces.sample` called `num_synthetic` times, and the same
+    samples through `SynFaces.tf_dataset`.
+
+  The files are written to a temporary directory, untimed. For the folder
+  datasets the construction (the file scan) and the first `warmup` epochs (at
+  least one) are not timed; then `repeats` full epochs are, and the median is
+  reported.
+
+  Returns:
+    A dict: folder_, paired_ and synthetic_images_per_s (median),
+    synthetic_tf_dataset_images_per_s, per-epoch seconds, scan seconds, the
+    settings and the environment.
+  """
+  from tfsym3d.data import folders, synthetic  # pylint: disable=g-import-not-at-top
+
+  warmup = max(int(warmup), 1)
+  repeats = max(int(repeats), 1)
+  result = {"benchmark": "data", "batch_size": batch_size, "image_size": image_size,
+            "repeats": repeats, "warmup_epochs": warmup,
+            "folder_source": f"{num_images} random smooth {_FOLDER_WH[0]}x"
+                             f"{_FOLDER_WH[1]} JPEGs (quality 90), no crop",
+            "paired_source": f"{num_pairs} random smooth {_PAIRED_WH[0]}x{_PAIRED_WH[1]} "
+                             f"RGB PNGs + 8-bit grey depth PNGs, centre crop {_PAIRED_CROP}",
+            "synthetic_source": f"{num_synthetic} SynFaces samples"}
+  result.update(_environment())
+  with tempfile.TemporaryDirectory(prefix="tfsym3d_bench_data_") as tmp:
+    logging.info("data: writing %d JPEGs and %d pairs to %s (untimed)",
+                 num_images, num_pairs, tmp)
+    write_image_folder(os.path.join(tmp, "folder", "train"), num_images, seed, progress)
+    write_pairs(os.path.join(tmp, "paired", "train"), num_pairs, seed, progress)
+    scan_progress = None if progress else False
+    pipelines = {
+        "folder": lambda: folders.image_folder_dataset(
+            os.path.join(tmp, "folder"), "train", image_size=image_size,
+            batch_size=batch_size, training=True, crop=None, seed=seed,
+            progress=scan_progress),
+        "paired": lambda: folders.paired_dataset(
+            os.path.join(tmp, "paired"), "train", image_size=image_size,
+            batch_size=batch_size, training=True, crop=_PAIRED_CROP, seed=seed,
+            progress=scan_progress),
+    }
+    for name, make in pipelines.items():
+      count, times, build, warm = _time_epochs(make, repeats, warmup, f"data[{name}]",
+                                               progress)
+      result[f"{name}_images_per_s"] = count / statistics.median(times)
+      result[f"{name}_images_per_epoch"] = count
+      result[f"{name}_epoch_s"] = times
+      result[f"{name}_scan_s"] = build
+      result[f"{name}_warmup_s"] = warm
+
+  # Synthetic faces: the generator itself, then through tf.data (unbatched).
+  gen = synthetic.SynFaces(image_size=image_size, seed=seed)
+  gen.sample(0)  # untimed: first-call costs
+  start = time.perf_counter()
+  for i in tqdm(range(num_synthetic), desc="data[synthetic]", file=sys.stderr,
+                disable=not progress, leave=False):
+    gen.sample(i)
+  seconds = time.perf_counter() - start
+  result["synthetic_images_per_s"] = num_synthetic / seconds
+  result["synthetic_s"] = seconds
+  dataset = gen.tf_dataset("train", num=num_synthetic)
+  start = time.perf_counter()
+  count = sum(1 for _ in dataset)
+  seconds = time.perf_counter() - start
+  result["synthetic_tf_dataset_images_per_s"] = count / seconds
+  result["synthetic_tf_dataset_s"] = seconds
+  result["load_avg_after"] = load_average()
+  return result
+
+
 # -- command line ------------------------------------------------------------
 
 FLAGS = flags.FLAGS
@@ -352,8 +512,10 @@ def define_flags():
   flags.DEFINE_bool("json", False, "Print exactly one JSON object on stdout "
                     "instead of a table.")
   flags.DEFINE_integer("batch_size", 0, "Batch size; 0: the benchmark's default "
-                       "(renderer 128, train_step 16).")
-  flags.DEFINE_integer("repeats", 5, "renderer: timed calls per backend (median).")
+                       "(renderer 128, train_step 16, data 64).")
+  flags.DEFINE_integer("repeats", 0, "renderer: timed calls per backend; data: timed "
+                       "epochs per pipeline (median); 0: the benchmark's default "
+                       "(renderer 5, data 3).")
   flags.DEFINE_list("backends", ["tf", "tfg", "tfg_own_bary"],
                     "renderer: backends to time: tf, tfg (kernel + our barycentrics, what "
                     "--rasterizer=tfg runs), tfg_own_bary (kernel + tensorflow-graphics' "
@@ -361,9 +523,12 @@ def define_flags():
   flags.DEFINE_bool("backward", False, "renderer: time forward and backward "
                     "(gradients to depth and view) instead of forward only.")
   flags.DEFINE_integer("steps", 5, "train_step: timed steps (median).")
-  flags.DEFINE_integer("warmup", 0, "Untimed calls / steps before timing; 0: the "
-                       "benchmark's default (2). The first call (tracing, "
-                       "compilation) is never timed.")
+  flags.DEFINE_integer("warmup", 0, "Untimed calls / steps / epochs before timing; "
+                       "0: the benchmark's default (2; data 1 epoch). The first call "
+                       "(tracing, compilation) is never timed.")
+  flags.DEFINE_integer("data_num_images", 2000, "data: JPEGs in the image folder.")
+  flags.DEFINE_integer("data_num_pairs", 1000, "data: image/depth pairs.")
+  flags.DEFINE_integer("data_num_synthetic", 500, "data: SynFaces samples timed.")
   flags.DEFINE_integer("seed", 0, "Seed of the synthetic inputs and weights.")
   flags.DEFINE_bool("progress", True, "Show progress bars on stderr.")
 
@@ -395,6 +560,19 @@ def format_table(result: Dict) -> str:
     if result.get("speedup_vs_tfg_stable_barycentrics") is not None:
       lines.append(f"speed-up of tf over tfg: "
                    f"{result['speedup_vs_tfg_stable_barycentrics']:.2f}x")
+  elif result["benchmark"] == "data":
+    lines.append(f"data: batch {result['batch_size']}, {result['image_size']} px, "
+                 f"median of {result['repeats']} epochs after {result['warmup_epochs']} "
+                 "untimed")
+    lines.append(f"{'pipeline':<22} {'images/s':>10}  source")
+    for name in ("folder", "paired"):
+      lines.append(f"{name:<22} {result[name + '_images_per_s']:10.1f}  "
+                   f"{result[name + '_source']} (scan {result[name + '_scan_s']:.1f} s)")
+    lines.append(f"{'synthetic':<22} {result['synthetic_images_per_s']:10.1f}  "
+                 f"{result['synthetic_source']}, SynFaces.sample")
+    lines.append(f"{'synthetic tf_dataset':<22} "
+                 f"{result['synthetic_tf_dataset_images_per_s']:10.1f}  "
+                 "the same through SynFaces.tf_dataset")
   else:
     lines.append(f"train_step: batch {result['batch_size']}, {result['image_size']} px, "
                  f"nf {result['nf']}, rasterizer {result['rasterizer']}, VGG weights "
@@ -420,8 +598,14 @@ def main(argv):
     logging.set_verbosity(logging.INFO)
   batch_size = _resolve(FLAGS.batch_size, benchmark, "batch_size")
   warmup = _resolve(FLAGS.warmup, benchmark, "warmup")
-  if benchmark == "renderer":
-    result = renderer_benchmark(batch_size, FLAGS.image_size, FLAGS.repeats,
+  if benchmark == "data":
+    result = data_benchmark(FLAGS.data_num_images, FLAGS.data_num_pairs,
+                            FLAGS.data_num_synthetic, batch_size, FLAGS.image_size,
+                            _resolve(FLAGS.repeats, benchmark, "repeats"), warmup,
+                            FLAGS.seed, FLAGS.progress)
+  elif benchmark == "renderer":
+    result = renderer_benchmark(batch_size, FLAGS.image_size,
+                                _resolve(FLAGS.repeats, benchmark, "repeats"),
                                 FLAGS.backends, warmup, FLAGS.seed, FLAGS.progress,
                                 FLAGS.backward)
   else:

@@ -6,7 +6,6 @@ absl flags directly, so the model can be built in tests and notebooks alone.
 """
 
 import dataclasses
-import math
 
 RASTERIZER_BACKENDS = ("tf", "tfg")
 
@@ -76,16 +75,6 @@ class ModelConfig:
   def depth_margin(self) -> float:
     """m in METHOD 5: reconstructed depth is clamped to [min - m, max + m]."""
     return (self.max_depth - self.min_depth) / 2
-
-  @property
-  def focal(self) -> float:
-    """fx = fy in pixels (METHOD 1)."""
-    return (self.image_size - 1) / 2 / math.tan(math.radians(self.fov) / 2)
-
-  @property
-  def principal(self) -> float:
-    """cx = cy in pixels (METHOD 1)."""
-    return (self.image_size - 1) / 2
 
   def replace(self, **changes) -> "ModelConfig":
     return dataclasses.replace(self, **changes)

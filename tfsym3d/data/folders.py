@@ -538,7 +538,9 @@ def _same_shape(sizes, crop, channels: int) -> Optional[Tuple[int, int, int]]:
   return None
 
 
-def _warn_skipped(skipped: List[Tuple[str, str]], total: int, where) -> None:
+def _warn_skipped(skipped: List[Tuple[str, str]], total: int, where, usable: int,
+                  what: str) -> None:
+  """Warns about each skipped file and the count; raises if none is usable."""
   for path, why in skipped:
     logging.warning("skipping %s: %s", path, why)
   if skipped:
@@ -548,6 +550,9 @@ def _warn_skipped(skipped: List[Tuple[str, str]], total: int, where) -> None:
     logging.warning("skipped %d of %d files under %s (each named above); fix "
                     "or delete them to use them%s", len(skipped), total, where,
                     hint)
+  if not usable:
+    raise ValueError(f"{where}: none of the {total} {what} is usable "
+                     "(see the warnings above)")
 
 
 # --------------------------------------------------------------------------
@@ -607,11 +612,7 @@ def image_folder_dataset(root, split, image_size: int = 64,
                          f"{_crop_text(crop)}"))
     else:
       good.append(p)
-  d = pathlib.Path(root) / split
-  _warn_skipped(skipped, len(paths), d)
-  if not good:
-    raise ValueError(f"{d}: none of the {len(paths)} image files is usable "
-                     "(see the warnings above)")
+  _warn_skipped(skipped, len(paths), pathlib.Path(root) / split, len(good), "image files")
   elements = {
       "path": good,
       "kind": np.array([infos[p]["kind"] for p in good], np.int32),
@@ -701,11 +702,8 @@ def paired_dataset(root, split, image_size: int = 64, batch_size: int = 64,
                            f"{_crop_text(crop)}"))
     else:
       good.append((img, dep))
-  d = pathlib.Path(root) / split
-  _warn_skipped(skipped, len(pairs), d)
-  if not good:
-    raise ValueError(f"{d}: none of the {len(pairs)} image/depth pairs is "
-                     "usable (see the warnings above)")
+  _warn_skipped(skipped, len(pairs), pathlib.Path(root) / split, len(good),
+                "image/depth pairs")
   elements = {
       "image": [i for i, _ in good],
       "depth": [p for _, p in good],

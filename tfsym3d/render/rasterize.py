@@ -158,9 +158,9 @@ def _usable(area, zs, znear, zfar):
 def _face_stage(corners, corner_ids, batch, height, width, znear, zfar):
   """Tests every small face where it stands (static shapes, inside XLA).
 
-  A face whose bounding box holds at most `_STATIC_SLOTS` pixel centres (all
-  but a few percent of a smooth mesh's faces) is tested right here; larger
-  faces are only flagged for the dynamic path.
+  A face whose bounding box holds at most `_STATIC_SLOTS` pixel centres (80
+  to 98% of a depth mesh's faces, measured on smooth to rough random views)
+  is tested right here; larger faces are only flagged for the dynamic path.
 
   Args:
     corners: 3 corners of [3 (u, v, z), B, F].

@@ -149,13 +149,34 @@ def test_jpeg_draft_decodes_smaller_and_stays_close(tmp_path):
   _save(Image.fromarray(a), tmp_path / "t" / "a.jpg", quality=100)
   _save(Image.fromarray(a[:, ::-1]), tmp_path / "t" / "b.png")
   full = _collect(folders.image_folder_dataset(tmp_path, "t", S, 2,
-                                               training=False))
+                                               training=False, jpeg_draft=False))
   fast = _collect(folders.image_folder_dataset(tmp_path, "t", S, 2,
-                                               training=False, jpeg_draft=True))
+                                               training=False))  # the default
   assert folders._jpeg_ratio([(72, 80)], S) == 4
   np.testing.assert_allclose(fast[1], full[1], atol=1e-6)  # PNG: unchanged
   diff = np.abs(fast[0] - full[0])
   assert 0 < diff.max() < 0.15 and diff.mean() < 0.03
+
+
+@pytest.mark.parametrize("jpeg_draft", [True, False])
+def test_jpeg_resize_close_to_pil_reference(tmp_path, jpeg_draft):
+  # CelebA-sized smooth random JPEGs (178 x 218 -> 64: DCT ratio 2 when
+  # drafting) against the reference's resampling: Pillow's antialiased
+  # bilinear resize of the full-size decode.
+  rng = np.random.default_rng(0)
+  want = []
+  for i in range(4):
+    coarse = rng.integers(0, 256, (16, 13, 3), np.uint8)
+    im = Image.fromarray(coarse).resize((178, 218), Image.BICUBIC)
+    path = _save(im, tmp_path / "t" / f"{i}.jpg", quality=90)
+    with Image.open(path) as decoded:
+      small = decoded.convert("RGB").resize((64, 64), Image.BILINEAR)
+    want.append(np.asarray(small, np.float32) / 255 * 2 - 1)
+  got = _collect(folders.image_folder_dataset(tmp_path, "t", 64, 4,
+                                              training=False,
+                                              jpeg_draft=jpeg_draft))
+  err = np.abs(got - np.stack(want))
+  assert err.mean() < 0.015 and err.max() < 0.15
 
 
 # --------------------------------------------------------------------------

@@ -564,7 +564,7 @@ def image_folder_dataset(root, split, image_size: int = 64,
                          drop_remainder: Optional[bool] = None,
                          scan_cache: Union[bool, str] = True,
                          progress: Optional[bool] = None,
-                         jpeg_draft: bool = False) -> tf.data.Dataset:
+                         jpeg_draft: bool = True) -> tf.data.Dataset:
   """Batches of images from `<root>/<split>/**` (METHOD 1 and 6).
 
   Each image: decoded to RGB, optionally cropped, resized to S x S (bilinear,
@@ -587,9 +587,12 @@ def image_folder_dataset(root, split, image_size: int = 64,
     progress: tqdm bar during the scan; None: only for large folders.
     jpeg_draft: without a crop, decode JPEGs at 1/2, 1/4 or 1/8 size (the
       largest keeping every JPEG >= S x S) by libjpeg's DCT scaling, then
-      resize as usual. About 25% faster for 178 x 218 -> 64, but not the
-      reference's resampling: the result differs by ~0.01 on average (max
-      ~0.1, mostly colour) in [-1, 1] units. Off by default.
+      resize as usual. For 178 x 218 -> 64 this takes ~25% less CPU per
+      image (the decode halves, the resize shrinks less). The DCT scaling is
+      itself a low-pass shrink, so the result stays close to the reference's
+      resampling (PIL's antialiased bilinear resize of the full image): on
+      smooth random JPEGs the mean abs error is 0.008 in [-1, 1] units (max
+      0.07) against 0.007 (max 0.03) for a full decode. False: full decode.
 
   Returns:
     A dataset of float32 [B, S, S, 3] batches.

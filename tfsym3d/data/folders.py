@@ -467,7 +467,8 @@ def _resize(x, image_size: int):
 def _assemble(elements: dict, decode, value_scale: float, finish,
               image_size: int, same_shape: Optional[Tuple[int, int, int]],
               batch_size: int, training: bool, seed: int,
-              drop_remainder: Optional[bool]):
+              drop_remainder: Optional[bool], first_epoch: Optional[int] = None,
+              skip_batches: int = 0):
   """The pipeline shared by both layouts.
 
   files -> [shuffle, flip bits] (training) -> parallel decode + crop
@@ -486,15 +487,22 @@ def _assemble(elements: dict, decode, value_scale: float, finish,
       the scan): then whole batches are resized in one op, several times
       faster than resizing each image (the op is parallel over the batch).
       None: each image is resized on its own before batching.
-    batch_size, training, seed, drop_remainder: see `image_folder_dataset`.
+    batch_size, training, seed, drop_remainder, first_epoch, skip_batches:
+      see `image_folder_dataset`.
   """
   n = len(next(iter(elements.values())))
-  ds = tf.data.Dataset.from_tensor_slices(elements)
-  if training:
+  if first_epoch is not None:
+    if not training:
+      raise ValueError("first_epoch is for training streams (training=True)")
+    ds = _epoch_stream(elements, batch_size, seed, first_epoch, skip_batches)
+  elif training:
+    ds = tf.data.Dataset.from_tensor_slices(elements)
     ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     # Flip bits are drawn before the parallel map, so they are deterministic.
     flips = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
     ds = tf.data.Dataset.zip((ds, flips.map(lambda r: r % 2 == 1)))
+  else:
+    ds = tf.data.Dataset.from_tensor_slices(elements)
 
   def per_file(e, flip=None):
     x = decode(e)
@@ -522,6 +530,34 @@ def _assemble(elements: dict, decode, value_scale: float, finish,
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
   ds = ds.map(per_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _epoch_stream(elements: dict, batch_size: int, seed: int, first_epoch: int,
+                  skip_batches: int) -> tf.data.Dataset:
+  """Endless (element, flip) stream, epoch after epoch from `first_epoch`.
+
+  Epoch e is a permutation of the files and a flip bit per file, both drawn
+  statelessly from (seed, e); it holds whole batches only (n // B * B files),
+  so epoch e's batch k is the stream's batch e * (n // B) + k whatever
+  happened before. Skipping happens on file indices, before any decoding:
+  resuming deep into an epoch costs nothing.
+  """
+  n = len(next(iter(elements.values())))
+  per_epoch = n // batch_size * batch_size
+  if per_epoch == 0:
+    raise ValueError(f"{n} usable files: fewer than one batch of {batch_size}")
+  table = {k: tf.constant(v) for k, v in elements.items()}
+
+  def epoch(e):
+    order_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(
+        tf.stack([tf.constant(seed, tf.int64), e]), 2))
+    order = tf.argsort(tf.random.stateless_uniform([n], seed=order_key))[:per_epoch]
+    flips = tf.random.stateless_uniform([per_epoch], seed=flip_key) < 0.5
+    return tf.data.Dataset.from_tensor_slices((order, flips))
+
+  ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch)
+  ds = ds.skip(skip_batches * batch_size)
+  return ds.map(lambda i, flip: ({k: tf.gather(v, i) for k, v in table.items()}, flip))
 
 
 def _jpeg_ratio(sizes, image_size: int) -> int:
@@ -567,7 +603,9 @@ def image_folder_dataset(root, split, image_size: int = 64,
                          drop_remainder: Optional[bool] = None,
                          scan_cache: Union[bool, str] = True,
                          progress: Optional[bool] = None,
-                         jpeg_draft: bool = True) -> tf.data.Dataset:
+                         jpeg_draft: bool = True,
+                         first_epoch: Optional[int] = None,
+                         skip_batches: int = 0) -> tf.data.Dataset:
   """Batches of images from `<root>/<split>/**` (METHOD 1 and 6).
 
   Each image: decoded to RGB, optionally cropped, resized to S x S (bilinear,
@@ -588,6 +626,12 @@ def image_folder_dataset(root, split, image_size: int = 64,
     drop_remainder: drop a last partial batch; None means `training`.
     scan_cache: True (JSON beside the data), a JSON path, or False (memory).
     progress: tqdm bar during the scan; None: only for large folders.
+    first_epoch: training only. None: one epoch per iteration, reshuffled
+      each time. An int e: an endless stream of epochs e, e + 1, ..., each
+      shuffled and flipped by (seed, epoch) alone and holding whole batches
+      only, so that a resumed run sees exactly the batches it would have.
+    skip_batches: with first_epoch, batches of epoch e to skip (a run resumed
+      mid-epoch); files are skipped before decoding.
     jpeg_draft: without a crop, decode JPEGs at 1/2, 1/4 or 1/8 size (the
       largest keeping every JPEG >= S x S) by libjpeg's DCT scaling, then
       resize as usual. For 178 x 218 -> 64 this takes ~25% less CPU per
@@ -644,7 +688,8 @@ def image_folder_dataset(root, split, image_size: int = 64,
 
   same = _same_shape(sizes, crop, 3)
   return _assemble(elements, decode, _value_scale(dtype), finish, image_size,
-                   same, batch_size, training, seed, drop_remainder)
+                   same, batch_size, training, seed, drop_remainder,
+                   first_epoch, skip_batches)
 
 
 def depth_from_png_value(g, min_depth: float = 0.9, max_depth: float = 1.1):
@@ -662,7 +707,9 @@ def paired_dataset(root, split, image_size: int = 64, batch_size: int = 64,
                    min_depth: float = 0.9, max_depth: float = 1.1,
                    drop_remainder: Optional[bool] = None,
                    scan_cache: Union[bool, str] = True,
-                   progress: Optional[bool] = None) -> tf.data.Dataset:
+                   progress: Optional[bool] = None,
+                   first_epoch: Optional[int] = None,
+                   skip_batches: int = 0) -> tf.data.Dataset:
   """Batches of (image, ground-truth depth) in the METHOD 8 layout.
 
   The image is processed as in `image_folder_dataset`. The depth PNG (8- or
@@ -676,8 +723,9 @@ def paired_dataset(root, split, image_size: int = 64, batch_size: int = 64,
 
   Args:
     root, split, image_size, batch_size, training, crop, seed, drop_remainder,
-    scan_cache, progress: as in `image_folder_dataset` (training defaults to
-      False: this layout is mostly used for evaluation).
+    scan_cache, progress, first_epoch, skip_batches: as in
+      `image_folder_dataset` (training defaults to False: this layout is
+      mostly used for evaluation).
     min_depth, max_depth: the model's depth range (METHOD 2).
 
   Returns:
@@ -738,4 +786,5 @@ def paired_dataset(root, split, image_size: int = 64, batch_size: int = 64,
 
   same = _same_shape([(infos[i]["w"], infos[i]["h"]) for i, _ in good], crop, 4)
   return _assemble(elements, decode, _value_scale(dtype), finish, image_size,
-                   same, batch_size, training, seed, drop_remainder)
+                   same, batch_size, training, seed, drop_remainder,
+                   first_epoch, skip_batches)

@@ -1,0 +1,187 @@
+"""Which data a run trains and evaluates on, built from the data flags.
+
+A `DataSource` turns `--dataset`, `--data_dir`, `--crop`, `--image_size`,
+`--batch_size` and `--seed` into:
+
+- `train_stream(start_step, steps_per_epoch)`: an endless `tf.data` stream of
+  [B, S, S, 3] training batches whose content is a function of the global
+  step alone, so a resumed run continues with exactly the batch it would
+  have seen (epoch e of a folder is shuffled with the seed (seed, e); synfaces
+  batch g holds samples g*B .. g*B + B - 1);
+- `eval_dataset(split, num)`: batches of (image, depth_gt) for ground-truth
+  data, or of images alone;
+- `check()`: fails at once, before any model is built, when the data is
+  missing, saying how to prepare it.
+"""
+
+import dataclasses
+import pathlib
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from tfsym3d.data import folders
+from tfsym3d.data import synthetic
+
+DATASETS = ("synfaces", "folder", "paired")
+
+
+class DataNotFoundError(FileNotFoundError):
+  """The configured dataset is missing; the message says how to prepare it."""
+
+
+def parse_crop(text: Optional[str]):
+  """--crop text -> None, an int, or (top, left, height, width)."""
+  if text is None or not str(text).strip() or str(text).strip().lower() == "none":
+    return None
+  parts = [p.strip() for p in str(text).split(",")]
+  try:
+    values = [int(p) for p in parts]
+  except ValueError:
+    raise ValueError(f"--crop={text!r}: give an int (centre crop) or "
+                     "'top,left,height,width'") from None
+  if len(values) == 1:
+    return values[0]
+  if len(values) == 4:
+    return tuple(values)
+  raise ValueError(f"--crop={text!r}: give an int (centre crop) or "
+                   "'top,left,height,width'")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSource:
+  """The data of a run (see the module docstring).
+
+  Attributes:
+    dataset: 'synfaces', 'folder' or 'paired'.
+    data_dir: dataset root (folder, paired); unused for synfaces.
+    image_size: S.
+    batch_size: global batch B.
+    crop: None, int or (top, left, height, width) (folder and paired).
+    seed: data seed.
+  """
+  dataset: str = "synfaces"
+  data_dir: Optional[str] = None
+  image_size: int = 64
+  batch_size: int = 64
+  crop: object = None
+  seed: int = 0
+
+  @property
+  def has_ground_truth(self) -> bool:
+    return self.dataset in ("synfaces", "paired")
+
+  def _prepare_hint(self) -> str:
+    if self.dataset == "paired":
+      return ("write one with `python -m tfsym3d.data.prepare synfaces --out "
+              f"{self.data_dir or 'DIR'} --num 20000` or point --data_dir at the "
+              "reference's synthetic faces (<split>/image, <split>/depth)")
+    return ("prepare CelebA with `python -m tfsym3d.data.prepare celeba --src "
+            f"CELEBA_RELEASE --out {self.data_dir or 'DIR'}`, or point --data_dir at "
+            "any folder with train/, val/ and test/ sub-folders of images")
+
+  def check(self, splits=("train",)) -> None:
+    """Raises DataNotFoundError (with a preparation hint) if data is missing."""
+    if self.dataset not in DATASETS:
+      raise ValueError(f"--dataset={self.dataset!r}: use one of {DATASETS}")
+    if self.dataset == "synfaces":
+      return
+    if not self.data_dir:
+      raise DataNotFoundError(f"--dataset={self.dataset} needs --data_dir; "
+                              + self._prepare_hint())
+    for split in splits:
+      where = pathlib.Path(self.data_dir) / split
+      if not where.is_dir():
+        raise DataNotFoundError(f"--data_dir={self.data_dir}: no '{split}' folder "
+                                f"({where} does not exist); " + self._prepare_hint())
+
+  # -- training ------------------------------------------------------------
+
+  def train_size(self) -> Optional[int]:
+    """Training images per epoch (None for the endless generator)."""
+    if self.dataset == "synfaces":
+      return None
+    if self.dataset == "paired":
+      return len(folders.list_pairs(self.data_dir, "train"))
+    return len(folders.list_images(self.data_dir, "train"))
+
+  def train_stream(self, start_step: int = 0, steps_per_epoch: int = 0) -> tf.data.Dataset:
+    """Endless [B, S, S, 3] training batches from global step `start_step`.
+
+    Args:
+      start_step: batches already consumed (a resumed run's step).
+      steps_per_epoch: batches per epoch (folder and paired: the epoch length
+        that decides which shuffled epoch `start_step` falls in).
+    """
+    if self.dataset == "synfaces":
+      return _synfaces_batches(self.image_size, self.batch_size, self.seed,
+                               "train", start_step * self.batch_size, None,
+                               training=True)
+    if steps_per_epoch <= 0:
+      raise ValueError("train_stream: steps_per_epoch must be > 0 for a folder")
+    epoch, skip = divmod(start_step, steps_per_epoch)
+    kwargs = dict(image_size=self.image_size, batch_size=self.batch_size,
+                  training=True, crop=self.crop, seed=self.seed, first_epoch=epoch,
+                  skip_batches=skip)
+    if self.dataset == "paired":
+      return folders.paired_dataset(self.data_dir, "train", **kwargs).map(
+          lambda image, depth: image)
+    return folders.image_folder_dataset(self.data_dir, "train", **kwargs)
+
+  # -- evaluation ----------------------------------------------------------
+
+  def eval_dataset(self, split: str, num: Optional[int] = None,
+                   batch_size: Optional[int] = None) -> tf.data.Dataset:
+    """Unshuffled, unflipped batches of a split.
+
+    Yields (image [B, S, S, 3], depth_gt [B, S, S]) when `has_ground_truth`,
+    else image batches. `num` caps the images (required for synfaces).
+    """
+    batch = batch_size or self.batch_size
+    if self.dataset == "synfaces":
+      if not num:
+        raise ValueError("eval_dataset: synfaces needs a number of images")
+      return _synfaces_batches(self.image_size, batch, self.seed, split, 0, num,
+                               training=False, with_depth=True)
+    kwargs = dict(image_size=self.image_size, batch_size=batch, training=False,
+                  crop=self.crop, seed=self.seed, drop_remainder=False)
+    if self.dataset == "paired":
+      ds = folders.paired_dataset(self.data_dir, split, **kwargs)
+    else:
+      ds = folders.image_folder_dataset(self.data_dir, split, **kwargs)
+    if num:
+      ds = ds.unbatch().take(num).batch(batch)
+    return ds
+
+
+def _synfaces_batches(image_size, batch_size, seed, split, start, num, training,
+                      with_depth=False):
+  """Synfaces samples start, start + 1, ... of a split as batches.
+
+  Samples are generated in parallel (two NumPy workers; the generator
+  releases the GIL in its array work). Training flips each image left-right
+  with p = 0.5, decided by (seed, index) alone.
+  """
+  generator = synthetic.SynFaces(image_size=image_size, seed=seed)
+  offset = synthetic.split_offset(split)
+
+  def make(index):
+    s = generator.sample(int(index))
+    image = s["image"].astype(np.float32) / 127.5 - 1.0
+    return image, s["depth"]
+
+  def load(i):
+    image, depth = tf.numpy_function(make, [i + offset], (tf.float32, tf.float32),
+                                     stateful=False)
+    image = tf.ensure_shape(image, [image_size, image_size, 3])
+    depth = tf.ensure_shape(depth, [image_size, image_size])
+    if training:
+      coin = tf.random.stateless_uniform([], seed=tf.stack([tf.cast(seed, tf.int64), i]))
+      image = tf.cond(coin < 0.5, lambda: tf.reverse(image, [1]), lambda: image)
+    return (image, depth) if with_depth else image
+
+  stop = None if num is None else start + num
+  ds = tf.data.Dataset.range(start, stop if stop is not None else np.iinfo(np.int64).max)
+  ds = ds.map(load, num_parallel_calls=2, deterministic=True)
+  return ds.batch(batch_size, drop_remainder=training).prefetch(2)

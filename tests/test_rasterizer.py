@@ -122,6 +122,33 @@ def test_rendered_depth_gradient_matches_finite_differences():
   np.testing.assert_allclose(theoretical[0], numerical[0], atol=1e-6)
 
 
+def test_depth_for_is_interpolated_depth_with_same_gradient():
+  """`depth_for` (the renderer's shortcut) equals interpolating z with the
+  barycentrics, values and gradients, on a posed smooth depth mesh."""
+  depth = _smooth_depth(np.random.default_rng(5), 2)
+  vertices = mesh.depth_to_vertices(depth, CAMERA)
+  view = tf.constant([[0.3, -0.5, 0.2, 0.05, -0.03, 0.0], [-0.6, 0.4, -0.1, 0.0, 0.04, 0.0]])
+  vertices = geometry.rigid_transform(vertices, view, 1.0)
+  screen = tf.concat([geometry.project(vertices, CAMERA), vertices[..., 2:3]], -1)
+  faces = mesh.grid_faces(S, S)
+  face_id = rasterize.visible_faces(screen, None, S, S)
+  assert 0 < (face_id.numpy() >= 0).mean() < 1
+  weight = tf.random.stateless_uniform(face_id.shape, [1, 2])
+
+  def both(screen):
+    fragments = rasterize.fragments_for(screen, faces, face_id)
+    interpolated = interpolate.interpolate(screen[..., 2:3], faces, fragments, 10.0)[..., 0]
+    return interpolated, rasterize.depth_for(screen, faces, face_id, 10.0)
+
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch(screen)
+    interpolated, direct = both(screen)
+    losses = [tf.reduce_sum(weight * d) for d in (interpolated, direct)]
+  np.testing.assert_allclose(direct.numpy(), interpolated.numpy(), rtol=1e-6)
+  grads = [tape.gradient(loss, screen).numpy() for loss in losses]
+  np.testing.assert_allclose(grads[1], grads[0], rtol=1e-4, atol=1e-4 * np.abs(grads[0]).max())
+
+
 def test_runs_in_tf_function_with_unknown_batch():
   faces = mesh.grid_faces(16, 16)
   camera = geometry.Camera.from_fov(16, 10.0)

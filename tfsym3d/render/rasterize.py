@@ -22,8 +22,9 @@ stages that XLA compiles (static shapes) around two dynamic enumerations:
    nearest triangle wins and equal depths go to the lowest id, the kernel's
    rule.
 
-Barycentrics are then recomputed densely for the winning triangle from the
-vertex positions, so gradients reach the vertices through interpolation.
+Barycentrics (or directly the depth, `depth_for`) are then recomputed
+densely for the winning triangle from the vertex positions, so gradients
+reach the vertices through interpolation.
 """
 
 import tensorflow as tf
@@ -380,6 +381,39 @@ def visible_faces(screen, faces, height: int, width: int, znear=0.1, zfar=10.0):
   return tf.reshape(face_id, [batch, height, width])
 
 
+def _pixel_corners(screen, faces, face_id):
+  """Corners of each pixel's face: 3 corners of (x, y, z), each [B, H, W].
+
+  One gather of [B*N, 3] rows per corner: under XLA on CPU this and its
+  gradient (a scatter) run about 2x faster than one [B, H, W, 3, 3] gather
+  followed by arithmetic on trailing axes of 3.
+  """
+  batch, num_vertices = tf.shape(screen)[0], tf.shape(screen)[1]
+  vertex_ids = tf.gather(faces, tf.maximum(face_id, 0))             # [B,H,W,3]
+  vertex_ids += tf.reshape(tf.range(batch) * num_vertices, [-1, 1, 1, 1])
+  rows = tf.reshape(screen, [-1, 3])
+  corners = [tf.gather(rows, vertex_ids[..., i]) for i in range(3)]  # [B,H,W,3]
+  return [(c[..., 0], c[..., 1], c[..., 2]) for c in corners]
+
+
+def _pixel_weights(screen, faces, face_id):
+  """Screen-space weights of the pixel centres in their faces.
+
+  Returns:
+    weights: 3 x [B, H, W], w_i = twice the signed area of the triangle the
+      pixel centre makes with the edge opposite corner i;
+    depths: 3 x [B, H, W] camera depth z_i of corner i.
+  """
+  corners = _pixel_corners(screen, faces, face_id)
+  uv = tf.cast(geometry.pixel_grid(face_id.shape[1], face_id.shape[2]), screen.dtype)
+  px, py = uv[..., 0], uv[..., 1]
+  weights = []
+  for i in range(3):
+    (xa, ya, _), (xb, yb, _) = corners[(i + 1) % 3], corners[(i + 2) % 3]
+    weights.append((xb - xa) * (py - ya) - (yb - ya) * (px - xa))
+  return weights, [z for _, _, z in corners]
+
+
 def barycentrics_for(screen, faces, face_id):
   """Perspective-correct barycentrics of every pixel centre in a given face.
 
@@ -390,24 +424,37 @@ def barycentrics_for(screen, faces, face_id):
   Returns:
     [B, H, W, 3] barycentrics (zero where face_id is -1).
   """
-  height, width = face_id.shape[1], face_id.shape[2]
-  covered = face_id >= 0
-  vertex_ids = tf.gather(faces, tf.maximum(face_id, 0))             # [B,H,W,3]
-  corners = tf.gather(screen, vertex_ids, batch_dims=1)            # [B,H,W,3,3]
-  xs, ys, zs = corners[..., 0], corners[..., 1], corners[..., 2]
-  uv = tf.cast(geometry.pixel_grid(height, width), screen.dtype)
-  px, py = uv[..., 0][..., None], uv[..., 1][..., None]
-  xa, ya = tf.gather(xs, [1, 2, 0], axis=-1), tf.gather(ys, [1, 2, 0], axis=-1)
-  xb, yb = tf.gather(xs, [2, 0, 1], axis=-1), tf.gather(ys, [2, 0, 1], axis=-1)
-  w = (xb - xa) * (py - ya) - (yb - ya) * (px - xa)                 # [B,H,W,3]
+  weights, depths = _pixel_weights(screen, faces, face_id)
   # Screen-space weights divided by depth, renormalised: perspective-correct.
-  w_over_z = w / zs
-  total = tf.reduce_sum(w_over_z, axis=-1, keepdims=True)
+  w_over_z = [w / z for w, z in zip(weights, depths)]
+  total = w_over_z[0] + w_over_z[1] + w_over_z[2]
   # Empty pixels (and degenerate faces) get weights 0 rather than NaN.
-  usable = covered[..., None] & (total != 0)
+  usable = (face_id >= 0) & (total != 0)
   total = tf.where(usable, total, tf.ones_like(total))
-  bary = w_over_z / total
-  return tf.where(usable, bary, tf.zeros_like(bary))
+  return tf.stack([tf.where(usable, w / total, tf.zeros_like(w)) for w in w_over_z], -1)
+
+
+def depth_for(screen, faces, face_id, background):
+  """Perspective-correct depth of every pixel centre in a given face.
+
+  The same as interpolating the corners' z with `barycentrics_for`, whose
+  weights are b_i = (w_i / z_i) / sum_j (w_j / z_j): sum_i b_i z_i is
+  sum_i w_i / sum_j (w_j / z_j), so neither the barycentrics nor a second
+  gather of z are needed (forward and backward both cheaper).
+
+  Args:
+    screen: [B, N, 3] (u, v, z) per vertex; gradients flow through it.
+    faces: [F, 3] int32; face_id: [B, H, W] int32, -1 for empty pixels.
+    background: depth of empty pixels.
+  Returns:
+    [B, H, W] depth; 0 on degenerate faces, as with zero barycentrics.
+  """
+  weights, depths = _pixel_weights(screen, faces, face_id)
+  total = weights[0] / depths[0] + weights[1] / depths[1] + weights[2] / depths[2]
+  usable = total != 0
+  depth = (weights[0] + weights[1] + weights[2]) / tf.where(usable, total, tf.ones_like(total))
+  depth = tf.where(usable, depth, tf.zeros_like(depth))
+  return tf.where(face_id >= 0, depth, tf.cast(background, depth.dtype))
 
 
 def fragments_for(screen, faces, face_id) -> Fragments:

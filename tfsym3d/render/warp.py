@@ -71,10 +71,7 @@ class Renderer:
 
   def _depth_of_faces_impl(self, screen, face_id):
     """Perspective-correct depth of the visible faces, far plane elsewhere."""
-    fragments = rasterize_lib.fragments_for(screen, self.faces, face_id)
-    depth = interpolate_lib.interpolate(screen[..., 2:3], self.faces, fragments,
-                                        background=self.config.zfar)
-    return depth[..., 0]
+    return rasterize_lib.depth_for(screen, self.faces, face_id, self.config.zfar)
 
   def reconstructed_depth(self, canon_depth, view):
     """Canonical depth seen from the predicted viewpoint, clamped (METHOD 5).

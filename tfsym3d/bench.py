@@ -506,13 +506,11 @@ FLAGS = flags.FLAGS
 
 def define_flags():
   """Defines the benchmark's own flags (only when run as a program). The model
-  flags (--image_size, --nf, --rasterizer, --vgg_weights, ...) are the shared
-  ones of `tfsym3d.flags`; for train_step, --vgg_weights also takes 'random'
-  (its default here: timing only, no download)."""
-  flags.DEFINE_bool("json", False, "Print exactly one JSON object on stdout "
-                    "instead of a table.")
-  flags.DEFINE_integer("batch_size", 0, "Batch size; 0: the benchmark's default "
-                       "(renderer 128, train_step 16, data 64).")
+  flags (--image_size, --nf, --rasterizer, --vgg_weights, ...) and --json,
+  --batch_size, --seed, --progress are the shared ones of `tfsym3d.flags`;
+  for train_step, --vgg_weights also takes 'random' (its default here: timing
+  only, no download). Without --batch_size each benchmark uses its own
+  default (renderer 128, train_step 16, data 64)."""
   flags.DEFINE_integer("repeats", 0, "renderer: timed calls per backend; data: timed "
                        "epochs per pipeline (median); 0: the benchmark's default "
                        "(renderer 5, data 3).")
@@ -529,8 +527,6 @@ def define_flags():
   flags.DEFINE_integer("data_num_images", 2000, "data: JPEGs in the image folder.")
   flags.DEFINE_integer("data_num_pairs", 1000, "data: image/depth pairs.")
   flags.DEFINE_integer("data_num_synthetic", 500, "data: SynFaces samples timed.")
-  flags.DEFINE_integer("seed", 0, "Seed of the synthetic inputs and weights.")
-  flags.DEFINE_bool("progress", True, "Show progress bars on stderr.")
 
 
 def _fmt(value, spec):
@@ -596,7 +592,8 @@ def main(argv):
   benchmark = argv[1]
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.INFO)
-  batch_size = _resolve(FLAGS.batch_size, benchmark, "batch_size")
+  batch_size = _resolve(FLAGS.batch_size if FLAGS["batch_size"].present else 0,
+                        benchmark, "batch_size")
   warmup = _resolve(FLAGS.warmup, benchmark, "warmup")
   if benchmark == "data":
     result = data_benchmark(FLAGS.data_num_images, FLAGS.data_num_pairs,

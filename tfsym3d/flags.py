@@ -76,3 +76,61 @@ def model_config() -> ModelConfig:
     return ModelConfig(**values)
   except ValueError as error:
     raise flags.ValidationError(f"{error} (check the flags or the --flagfile)") from error
+
+
+# ----------------------------------------------------------------- data ----
+# Shared by train, evaluate, prepare and the benchmarks.
+
+flags.DEFINE_integer("seed", 0, "Random seed: data order and flips, synthetic samples "
+                     "(sample i depends only on (seed, i)), initial weights.")
+flags.DEFINE_enum("dataset", "synfaces", ["synfaces", "folder", "paired"],
+                  "Training data: 'synfaces' (built-in generator, streamed, with "
+                  "ground truth), 'folder' (<data_dir>/{train,val,test}/** images, "
+                  "e.g. CelebA from `tfsym3d.data.prepare celeba`) or 'paired' "
+                  "(<data_dir>/<split>/image|depth, METHOD 8, with ground truth).")
+flags.DEFINE_string("data_dir", None, "Dataset root for --dataset=folder or paired.")
+flags.DEFINE_string("crop", None, "Crop before resizing: none (empty), an int c (centre "
+                    "c x c) or 'top,left,height,width'.")
+flags.DEFINE_integer("batch_size", 64, "Global batch size, split over the replicas.")
+flags.DEFINE_integer("val_images", 512, "Validation images per epoch (0: no validation).")
+flags.DEFINE_integer("eval_images", 1000, "Held-out test images the training job "
+                     "evaluates at the end (synfaces: generated; 0: skip).")
+
+# ------------------------------------------------------------- training ----
+
+flags.DEFINE_string("run_dir", "runs/default", "Where a run keeps its checkpoints "
+                    "(ckpt/), TensorBoard logs (tb/) and evaluation (eval/). A run "
+                    "restarted with the same --run_dir resumes.")
+flags.DEFINE_integer("epochs", 30, "Training epochs.")
+flags.DEFINE_integer("steps_per_epoch", 0, "Steps per epoch; 0: one pass over the "
+                     "training split (required > 0 for --dataset=synfaces).")
+flags.DEFINE_integer("lam_flip_start_epoch", 0, "Epochs trained with flip weight 1.0 "
+                     "before --lam_flip applies (cats: 10).")
+flags.DEFINE_enum("lr_schedule", "constant", ["constant", "cosine"],
+                  "Learning rate schedule: constant (reference) or cosine decay "
+                  "to --lr_final_fraction of --learning_rate over the run.")
+flags.DEFINE_float("lr_final_fraction", 0.1, "Cosine schedule: final lr / initial lr.")
+flags.DEFINE_integer("checkpoint_every", 1000, "Save a checkpoint every N steps "
+                     "(and at every epoch end).")
+flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept (the newest K).")
+flags.DEFINE_string("init_from", None, "Start from the weights of this checkpoint "
+                    "(file prefix or directory); step, epoch and optimiser restart.")
+flags.DEFINE_integer("log_every", 50, "TensorBoard scalars every N steps.")
+flags.DEFINE_integer("images_every", 500, "TensorBoard image grids, histograms and "
+                     "the yaw animation every N steps (0: never).")
+flags.DEFINE_integer("max_nonfinite_steps", 5, "Stop after this many non-finite "
+                     "(NaN/Inf) steps in a row; each one is skipped.")
+flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
+
+# ----------------------------------------------------------- evaluation ----
+
+flags.DEFINE_string("checkpoint", None, "A checkpoint: a run directory (its newest "
+                    "checkpoint), a ckpt/ directory or a checkpoint file prefix.")
+flags.DEFINE_string("eval_split", "test", "Split to evaluate.")
+flags.DEFINE_string("eval_dir", None, "Where evaluation writes its CSV, summary and "
+                    "test-mode dump (default: <checkpoint run>/eval/<split>).")
+flags.DEFINE_integer("dump_images", 0, "Test mode: dump the results of the first N "
+                     "images (input, albedo, canonical image, reconstructions, depth, "
+                     "normals, confidence maps, light and view).")
+flags.DEFINE_bool("json", False, "Print the summary as one JSON object on stdout.")

@@ -32,14 +32,13 @@ from absl import logging
 import numpy as np
 from PIL import Image
 
-# --image_size (and every model flag) is defined once, in tfsym3d.flags.
+# --image_size, --seed (and every shared flag) are defined once, in tfsym3d.flags.
 from tfsym3d import flags as _model_flags  # noqa: F401  pylint: disable=unused-import
 
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("out", None, "Output directory (the dataset root).")
 flags.DEFINE_integer("num", 10000, "Total number of samples over all splits.")
-flags.DEFINE_integer("seed", 0, "Dataset seed: sample i depends only on (seed, i).")
 flags.DEFINE_list("split_fractions", ["0.8", "0.1", "0.1"],
                   "Fractions of --num for train,val,test.")
 flags.DEFINE_string("preview", None,

@@ -27,12 +27,32 @@ OFFICIAL_NOTOP_URL = ("https://storage.googleapis.com/tensorflow/"
                       "keras-applications/vgg16/" + OFFICIAL_NOTOP_FILE)
 
 
+def _replica_sum(x):
+  """(sum of x over the replicas of a distributed step, replica count).
+
+  Outside a multi-replica step: (x, 1).
+  """
+  if not tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context():
+    return x, 1
+  ctx = tf.distribute.get_replica_context()
+  if ctx.num_replicas_in_sync == 1:
+    return x, 1
+  return ctx.all_reduce(tf.distribute.ReduceOp.SUM, x), ctx.num_replicas_in_sync
+
+
 def _masked_mean(loss, mask):
-  """sum(loss * m) / sum(m) with m [B, h, w] broadcast over loss's channels."""
+  """sum(loss * m) / sum(m) with m [B, h, w] broadcast over loss's channels.
+
+  In a step split over R replicas, the denominator is the sum over the whole
+  global batch and the result is scaled by R: the replicas' values then
+  average to the global batch's masked mean, as on one device (a mean of
+  per-replica ratios would weight images by their replica's mask size).
+  """
   if mask is None:
     return tf.reduce_mean(loss)
   mask = tf.broadcast_to(tf.cast(mask, loss.dtype)[..., None], tf.shape(loss))
-  return tf.reduce_sum(loss * mask) / tf.reduce_sum(mask)
+  total, replicas = _replica_sum(tf.stop_gradient(tf.reduce_sum(mask)))
+  return replicas * tf.reduce_sum(loss * mask) / total
 
 
 def photometric_loss(recon, target, mask=None, sigma=None):

@@ -72,7 +72,9 @@ class Decomposition:
 
   def as_dict(self) -> Dict[str, tf.Tensor]:
     """The fields that are set, by name (for logging, export, summaries)."""
-    return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+    # Not dataclasses.asdict: it deep-copies, which symbolic tensors refuse.
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+            if getattr(self, f.name) is not None}
 
 
 def flip(maps):
@@ -112,6 +114,13 @@ class Unsup3D(keras.Model):
     self.lam_flip = tf.Variable(config.lam_flip, trainable=False, dtype=tf.float32,
                                 name="lam_flip")
     self._depth_border = self._border_mask(size)
+    # Read by the non-finite guard of tfsym3d.train (checkpointed with the model).
+    # Every replica agrees on a step's finiteness: keep the first's update.
+    first = tf.VariableAggregation.ONLY_FIRST_REPLICA
+    self.nonfinite_streak = tf.Variable(0, trainable=False, dtype=tf.int32,
+                                        name="nonfinite_streak", aggregation=first)
+    self.skipped_steps = tf.Variable(0, trainable=False, dtype=tf.int32,
+                                     name="skipped_steps", aggregation=first)
 
   @property
   def networks(self) -> Dict[str, keras.Model]:
@@ -250,9 +259,12 @@ class Unsup3D(keras.Model):
     """One Adam step on a batch of images (Keras `fit` calls this).
 
     Weight decay is classic L2 (METHOD 6): `weight_decay * w` is added to each
-    gradient before Adam, not decoupled as in AdamW.
+    gradient before Adam, not decoupled as in AdamW. A step whose loss or
+    gradients are not finite on any replica is skipped whole (weights and
+    Adam state untouched); `nonfinite_streak` counts such steps in a row and
+    `skipped_steps` all of them, for `tfsym3d.train`'s guard.
     """
-    images = data[0] if isinstance(data, (tuple, list)) else data
+    images = _images_of(data)
     variables = self.trainable_variables
     with tf.GradientTape() as tape:
       terms = self.compute_losses(images, self(images, training=True))
@@ -260,10 +272,62 @@ class Unsup3D(keras.Model):
       replicas = tf.distribute.get_strategy().num_replicas_in_sync
       scaled = terms["total"] / replicas
     grads = tape.gradient(scaled, variables)
+    # Variables without a gradient (e.g. the perceptual confidence head when
+    # the perceptual term is off) are left out rather than warned about.
+    pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g, _ in pairs]
+                           + [tf.math.is_finite(scaled)])
     decay = self.config.weight_decay
-    grads = [g + decay * v if g is not None else g for g, v in zip(grads, variables)]
-    self.optimizer.apply_gradients(zip(grads, variables))
+    pairs = [(g + decay * v, v) for g, v in pairs]
+    finite = _apply_if_finite(self.optimizer, pairs, finite)
+    self.nonfinite_streak.assign(tf.where(finite, 0, self.nonfinite_streak + 1))
+    self.skipped_steps.assign_add(tf.where(finite, 0, 1))
+    terms["nonfinite_streak"] = self.nonfinite_streak.value()
     return terms
+
+  def test_step(self, data):
+    """Loss terms of a validation batch (`fit`'s validation, `evaluate`)."""
+    images = _images_of(data)
+    return self.compute_losses(images, self(images, training=False))
+
+
+def _images_of(data):
+  """The images of a batch that may be `images` or `(images, depth_gt)`."""
+  return data[0] if isinstance(data, (tuple, list)) else data
+
+
+def _apply_if_finite(optimizer, grads_and_vars, finite):
+  """Applies the gradients only when `finite` holds on every replica.
+
+  Returns the replica-agreed flag. Under a distribution strategy (even with
+  one replica) the update calls `merge_call`, which may not sit inside a
+  replica-context `cond`: the replicas agree on the flag, then the condition
+  is taken in cross-replica context.
+  """
+  grads = [g for g, _ in grads_and_vars]
+  variables = [v for _, v in grads_and_vars]
+  if not tf.distribute.has_strategy():
+    tf.cond(finite, lambda: _apply(optimizer, grads, variables), lambda: tf.no_op())
+    return finite
+
+  ctx = tf.distribute.get_replica_context()
+  bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(~finite, tf.int32))
+  finite = tf.equal(bad, 0)
+
+  def merged(distribution, flag, grads, variables):
+    flag = distribution.experimental_local_results(flag)[0]
+    tf.cond(flag,
+            lambda: distribution.extended.call_for_each_replica(
+                _apply, args=(optimizer, grads, variables)),
+            lambda: tf.no_op())
+
+  ctx.merge_call(merged, args=(finite, grads, variables))
+  return finite
+
+
+def _apply(optimizer, grads, variables):
+  optimizer.apply_gradients(zip(grads, variables))
+  return tf.no_op()
 
 
 def make_optimizer(config: ModelConfig) -> keras.optimizers.Optimizer:

@@ -19,6 +19,7 @@ setup(
         "numpy>=1.26,<3",
         "pillow>=10,<14",
         "tqdm>=4.66,<5",
+        "tensorboard>=2.21,<2.22",  # training summaries (tf.summary needs it)
         # Second rasterizer backend and its reference: only its C++ kernel
         # sources and its differentiable barycentrics are used (see README).
         "tensorflow-graphics==2021.12.3",

@@ -1,0 +1,218 @@
+"""Evaluation against ground-truth depth (METHOD 8):
+`python -m tfsym3d.evaluate --checkpoint RUN_DIR [--dataset paired --data_dir DIR] [--json]`.
+
+For every image of the split: SIDE (x 1e-2) and MAD (degrees) of the
+model's depth in the input view, and of two baselines, "constant null
+depth" (a flat plane facing the camera) and "average GT depth" (the mean
+ground-truth depth map of the split). Writes a per-image CSV and a summary
+JSON to --eval_dir and prints a table (or, with --json, one JSON object).
+With --dump_images N, test mode also writes, for the first N images, the
+pictures of `tfsym3d.visualize.dump_results` and their light and view.
+
+The model's settings (image size, widths, ...) come from the flags, as for
+training: pass the run's flagfile, e.g. `--flagfile=runs/x/flags.txt`.
+"""
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import sys
+from typing import Dict, Optional
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from tfsym3d import flags as tflags
+from tfsym3d import metrics
+from tfsym3d import runs
+from tfsym3d import visualize
+from tfsym3d.data import sources
+from tfsym3d.model import Decomposition
+
+FLAGS = flags.FLAGS
+
+
+def _stats(values: np.ndarray) -> Dict[str, float]:
+  finite = values[np.isfinite(values)]
+  if finite.size == 0:
+    return {"mean": float("nan"), "std": float("nan")}
+  return {"mean": float(finite.mean()), "std": float(finite.std())}
+
+
+def evaluate_model(model, data, split: str, num: Optional[int], out_dir: Optional[str],
+                   dump_images: int = 0, progress: bool = True,
+                   batch_size: int = 50) -> Dict:
+  """SIDE and MAD of `model` on a ground-truth split, with both baselines.
+
+  Args:
+    model: an Unsup3D.
+    data: a `tfsym3d.data.sources.DataSource` with ground truth.
+    split: the split to evaluate; num: images (None: all; synfaces needs it).
+    out_dir: where per_image.csv, summary.json and the dump go (None: nowhere).
+    dump_images: test mode, pictures of the first N images.
+    batch_size: evaluation batch.
+  Returns:
+    The summary dict (see the module docstring and `format_table`).
+  """
+  if not data.has_ground_truth:
+    raise ValueError(f"--dataset={data.dataset} has no ground-truth depth; evaluate "
+                     "on --dataset=synfaces or --dataset=paired")
+  data.check((split,))
+  dataset = data.eval_dataset(split, num, batch_size=batch_size)
+  camera = model.renderer.camera
+
+  @tf.function
+  def infer(images, depth_gt):
+    out = model(images, training=False)
+    mask = metrics.evaluation_mask(depth_gt, out.recon_mask)
+    return (metrics.side(out.recon_depth, depth_gt, mask),
+            metrics.mad(out.recon_depth, depth_gt, mask, camera), out.as_dict())
+
+  @tf.function
+  def baseline(depth, depth_gt):
+    mask = metrics.evaluation_mask(depth_gt)
+    return (metrics.side(depth, depth_gt, mask),
+            metrics.mad(depth, depth_gt, mask, camera))
+
+  side, mad, side_null, mad_null, gts = [], [], [], [], []
+  dumped = 0
+  bar = tqdm(total=num, unit="img", desc=f"evaluate {split}", disable=not progress,
+             file=sys.stderr, dynamic_ncols=True)
+  for images, depth_gt in dataset:
+    s, m, fields = infer(images, depth_gt)
+    out = Decomposition(**fields)
+    side.append(s.numpy())
+    mad.append(m.numpy())
+    flat = tf.ones_like(depth_gt)  # any constant: SIDE is scale-invariant
+    s0, m0 = baseline(flat, depth_gt)
+    side_null.append(s0.numpy())
+    mad_null.append(m0.numpy())
+    gts.append(depth_gt.numpy())
+    if out_dir and dumped < dump_images:
+      take = min(dump_images - dumped, images.shape[0])
+      names = [f"{i:06d}" for i in range(dumped, dumped + take)]
+      sliced = _slice_decomposition(out, take)
+      visualize.dump_results(images[:take], sliced, model.config, camera,
+                             os.path.join(out_dir, "dump"), names)
+      dumped += take
+    bar.update(images.shape[0])
+  bar.close()
+  if not side:
+    raise ValueError(f"{split}: no images to evaluate")
+
+  # Average-GT baseline: the split's mean ground-truth map, for every image.
+  gt_all = np.concatenate(gts)
+  mean_map = tf.constant(np.broadcast_to(gt_all.mean(0), (batch_size,) + gt_all.shape[1:]))
+  side_avg, mad_avg = [], []
+  for start in range(0, len(gt_all), batch_size):
+    chunk = tf.constant(gt_all[start:start + batch_size])
+    s, m = baseline(mean_map[:chunk.shape[0]], chunk)
+    side_avg.append(s.numpy())
+    mad_avg.append(m.numpy())
+
+  per_image = {name: np.concatenate(v) for name, v in [
+      ("side", side), ("mad", mad), ("side_const_null", side_null),
+      ("mad_const_null", mad_null), ("side_avg_gt", side_avg), ("mad_avg_gt", mad_avg)]}
+  for key in per_image:
+    if key.startswith("side"):
+      per_image[key] = per_image[key] * 100.0  # reported x 1e-2
+  n = len(per_image["side"])
+  empty = int(np.sum(~np.isfinite(per_image["side"])))
+  if empty:
+    logging.warning("%d of %d images have an empty evaluation mask (no reconstructed "
+                    "foreground) and are left out of the means", empty, n)
+  summary = {
+      "side": _stats(per_image["side"]), "mad": _stats(per_image["mad"]),
+      "baselines": {
+          "const_null": {"side": _stats(per_image["side_const_null"])["mean"],
+                         "mad": _stats(per_image["mad_const_null"])["mean"]},
+          "avg_gt": {"side": _stats(per_image["side_avg_gt"])["mean"],
+                     "mad": _stats(per_image["mad_avg_gt"])["mean"]}},
+      "num_images": n, "empty_masks": empty, "split": split,
+      "dataset": data.dataset,
+  }
+  null = summary["baselines"]["const_null"]
+  summary["ratio_to_const_null"] = {
+      "side": summary["side"]["mean"] / null["side"],
+      "mad": summary["mad"]["mean"] / null["mad"]}
+  if out_dir:
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "per_image.csv"), "w", newline="") as f:
+      writer = csv.writer(f)
+      writer.writerow(["index"] + list(per_image))
+      for i in range(n):
+        writer.writerow([i] + [f"{per_image[k][i]:.6f}" for k in per_image])
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+    summary["files"] = {"per_image_csv": os.path.join(out_dir, "per_image.csv"),
+                        "summary_json": os.path.join(out_dir, "summary.json")}
+  return summary
+
+
+def _slice_decomposition(out, n):
+  return dataclasses.replace(out, **{k: v[:n] for k, v in out.as_dict().items()})
+
+
+def format_table(summary: Dict) -> str:
+  """The evaluation as a small text table (SIDE x1e-2, MAD degrees)."""
+  b = summary["baselines"]
+  lines = [
+      f"evaluation on {summary['dataset']} '{summary['split']}', "
+      f"{summary['num_images']} images (SIDE x1e-2, MAD degrees; mean +- std)",
+      f"{'':<24}{'SIDE':>16}{'MAD':>16}",
+      f"{'tfsym3d':<24}{summary['side']['mean']:>9.3f} +- {summary['side']['std']:<4.3f}"
+      f"{summary['mad']['mean']:>9.2f} +- {summary['mad']['std']:<4.2f}",
+      f"{'constant null depth':<24}{b['const_null']['side']:>9.3f}{'':7}"
+      f"{b['const_null']['mad']:>9.2f}",
+      f"{'average GT depth':<24}{b['avg_gt']['side']:>9.3f}{'':7}{b['avg_gt']['mad']:>9.2f}",
+      f"ratio to constant null depth: SIDE {summary['ratio_to_const_null']['side']:.3f}, "
+      f"MAD {summary['ratio_to_const_null']['mad']:.3f}",
+  ]
+  for key, label in (("steps", "training steps"), ("train_minutes", "training minutes"),
+                     ("wall_minutes", "wall minutes (train + evaluate)")):
+    if key in summary:
+      value = summary[key]
+      lines.append(f"{label}: {value:.1f}" if isinstance(value, float) else
+                   f"{label}: {value}")
+  return "\n".join(lines)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  if not FLAGS.checkpoint:
+    raise app.UsageError("set --checkpoint (a run directory or checkpoint prefix)")
+  config = tflags.model_config()
+  data = runs.data_source_from_flags(config.image_size)
+  try:
+    model = runs.build_model(config)
+    prefix = runs.restore_weights(model, FLAGS.checkpoint)
+  except FileNotFoundError as error:
+    raise app.UsageError(str(error)) from None
+  logging.info("evaluating %s", prefix)
+  run_dir = FLAGS.checkpoint if os.path.isdir(FLAGS.checkpoint) else os.path.dirname(
+      os.path.dirname(prefix))
+  out_dir = FLAGS.eval_dir or os.path.join(run_dir, "eval", FLAGS.eval_split)
+  num = FLAGS.eval_images if (FLAGS.eval_images > 0 or data.dataset == "synfaces") else None
+  try:
+    summary = evaluate_model(model, data, FLAGS.eval_split, num, out_dir,
+                             dump_images=FLAGS.dump_images,
+                             progress=FLAGS.progress and not FLAGS.json)
+  except (sources.DataNotFoundError, ValueError) as error:
+    raise app.UsageError(str(error)) from None
+  summary["checkpoint"] = prefix
+  if FLAGS.json:
+    sys.stdout.write(json.dumps(summary) + "\n")
+  else:
+    print(format_table(summary))
+    print(f"per-image CSV and summary in {out_dir}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,63 @@
+"""What a run is made of, shared by every command that loads one: the model
+built from its config, checkpoint lookup and weight restore, and the data
+source the data flags describe."""
+
+import os
+from typing import Optional
+
+from absl import app
+from absl import flags
+import tensorflow as tf
+
+from tfsym3d import flags as _shared_flags  # noqa: F401  (defines the flags read here)
+from tfsym3d.config import ModelConfig
+from tfsym3d.data import sources
+from tfsym3d.model import Unsup3D
+
+FLAGS = flags.FLAGS
+
+
+def checkpoint_prefix(path: str) -> str:
+  """A run dir, a ckpt/ dir or a checkpoint prefix -> the checkpoint prefix.
+
+  Raises FileNotFoundError naming the path when there is no checkpoint.
+  """
+  if path and os.path.isdir(path):
+    for directory in (os.path.join(path, "ckpt"), path):
+      latest = tf.train.latest_checkpoint(directory)
+      if latest:
+        return latest
+    raise FileNotFoundError(f"{path}: no checkpoint in it (nor in {path}/ckpt); "
+                            "train first or give a checkpoint prefix like "
+                            "runs/x/ckpt/ckpt-1000")
+  if path and tf.io.gfile.exists(path + ".index"):
+    return path
+  raise FileNotFoundError(f"{path}: not a checkpoint (no {path}.index) nor a "
+                          "directory holding one")
+
+
+def build_model(config: ModelConfig, image_size: Optional[int] = None) -> Unsup3D:
+  """An Unsup3D with its variables created (call inside a strategy scope)."""
+  model = Unsup3D(config)
+  size = image_size or config.image_size
+  model.build((None, size, size, 3))
+  return model
+
+
+def restore_weights(model: Unsup3D, path: str) -> str:
+  """Loads a checkpoint's model weights (not the optimiser); returns its prefix."""
+  prefix = checkpoint_prefix(path)
+  status = tf.train.Checkpoint(model=model).restore(prefix)
+  status.expect_partial().assert_existing_objects_matched()
+  return prefix
+
+
+def data_source_from_flags(image_size: int) -> sources.DataSource:
+  """The DataSource the data flags (tfsym3d.flags) describe."""
+  try:
+    crop = sources.parse_crop(FLAGS.crop)
+  except ValueError as error:
+    raise app.UsageError(str(error)) from None
+  return sources.DataSource(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
+                            image_size=image_size, batch_size=FLAGS.batch_size,
+                            crop=crop, seed=FLAGS.seed)

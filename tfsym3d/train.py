@@ -1,0 +1,419 @@
+"""Training: `python -m tfsym3d.train --flagfile=configs/<name>.cfg`.
+
+The step is `Unsup3D.train_step` run by Keras' `fit` (a `tf.function`, XLA
+with --jit_compile) under `tf.distribute.MirroredStrategy` over every visible
+GPU (or the one CPU); batches are global and split over the replicas.
+
+A run lives in --run_dir:
+  ckpt/      tf.train.CheckpointManager checkpoints (model, optimiser, step)
+             every --checkpoint_every steps and at each epoch end, newest
+             --keep_checkpoints kept. A checkpoint only becomes "latest" once
+             all of its files are written, so a run killed mid-write resumes
+             from the previous one.
+  tb/        TensorBoard: scalars, histograms, image grids, yaw animation.
+  images/    the same grids and animation as PNG / GIF.
+  eval/      the final evaluation (ground-truth datasets).
+  flags.txt  the flags of the last start (a flagfile).
+
+Restarting with the same --run_dir resumes from the newest checkpoint: same
+step, epoch, optimiser state and data position (the training stream is a
+function of the step, see `tfsym3d.data.sources`). --init_from starts a new
+run from another checkpoint's weights only.
+"""
+
+import math
+import os
+import sys
+import time
+from typing import Dict
+
+from absl import app
+from absl import flags
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from tfsym3d import flags as tflags
+from tfsym3d import evaluate as evaluate_lib
+from tfsym3d import runs
+from tfsym3d import visualize
+from tfsym3d.config import ModelConfig
+from tfsym3d.data import sources
+from tfsym3d.model import Unsup3D, make_optimizer
+
+FLAGS = flags.FLAGS
+
+
+class TrainingStopped(RuntimeError):
+  """The run stopped itself (e.g. too many non-finite steps)."""
+
+
+# -------------------------------------------------------------- callbacks ----
+
+class StepCounter(keras.callbacks.Callback):
+  """Counts the batches consumed (the data position) into a variable."""
+
+  def __init__(self, step: tf.Variable):
+    super().__init__()
+    self.step = step
+
+  def on_train_batch_end(self, batch, logs=None):
+    self.step.assign_add(1)
+
+
+class NonFiniteGuard(keras.callbacks.Callback):
+  """Reports skipped non-finite steps; stops after `max_streak` in a row."""
+
+  def __init__(self, step: tf.Variable, max_streak: int):
+    super().__init__()
+    self.step, self.max_streak = step, max_streak
+    self.reason = None
+
+  def on_train_batch_end(self, batch, logs=None):
+    streak = int((logs or {}).get("nonfinite_streak", 0))
+    if streak == 0:
+      return
+    step = int(self.step.numpy())
+    logging.warning("step %d: non-finite loss or gradient, step skipped (%d in a "
+                    "row, limit --max_nonfinite_steps=%d)", step, streak,
+                    self.max_streak)
+    if streak >= self.max_streak:
+      self.reason = (f"stopped at step {step}: {streak} non-finite steps in a row "
+                     f"(--max_nonfinite_steps={self.max_streak}); the weights are "
+                     "those of the last good step and the newest checkpoint was "
+                     "written before the trouble. Lower --learning_rate or check "
+                     "the data.")
+      self.model.stop_training = True
+
+
+class CheckpointSaver(keras.callbacks.Callback):
+  """Saves every `every` steps and at each epoch end, unless the current
+  step was non-finite (a streak in progress keeps the last good checkpoint
+  the newest)."""
+
+  def __init__(self, manager: tf.train.CheckpointManager, step: tf.Variable,
+               every: int):
+    super().__init__()
+    self.manager, self.step, self.every = manager, step, every
+    self._healthy = True
+
+  def _save(self):
+    step = int(self.step.numpy())
+    if self._healthy and self.manager.latest_checkpoint != self._name(step):
+      self.manager.save(checkpoint_number=step)
+      logging.info("step %d: saved %s", step, self.manager.latest_checkpoint)
+
+  def _name(self, step):
+    return os.path.join(self.manager.directory, f"ckpt-{step}")
+
+  def on_train_batch_end(self, batch, logs=None):
+    self._healthy = int((logs or {}).get("nonfinite_streak", 0)) == 0
+    if self.every > 0 and int(self.step.numpy()) % self.every == 0:
+      self._save()
+
+  def on_epoch_end(self, epoch, logs=None):
+    self._save()
+
+
+class FlipWeightSchedule(keras.callbacks.Callback):
+  """lam_flip = 1.0 for the first `start_epoch` epochs, then the config's."""
+
+  def __init__(self, start_epoch: int, lam_flip: float):
+    super().__init__()
+    self.start_epoch, self.lam_flip = start_epoch, lam_flip
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self.model.lam_flip.assign(1.0 if epoch < self.start_epoch else self.lam_flip)
+
+
+class Progress(keras.callbacks.Callback):
+  """A tqdm bar over the whole run with the loss and images/s."""
+
+  def __init__(self, total_steps: int, step: tf.Variable, batch_size: int,
+               enabled: bool = True):
+    super().__init__()
+    self.total, self.step, self.batch_size = total_steps, step, batch_size
+    self.enabled = enabled
+    self.bar = None
+    self._times = []
+
+  def on_train_begin(self, logs=None):
+    if self.enabled and self.bar is None:
+      self.bar = tqdm(total=self.total, initial=int(self.step.numpy()), unit="step",
+                      dynamic_ncols=True, file=sys.stderr, desc="train")
+
+  def images_per_second(self) -> float:
+    """Throughput over the last (up to) 20 steps."""
+    if len(self._times) < 2:
+      return float("nan")
+    return (len(self._times) - 1) * self.batch_size / (self._times[-1] - self._times[0])
+
+  def on_train_batch_end(self, batch, logs=None):
+    self._times = (self._times + [time.perf_counter()])[-21:]
+    if self.bar is not None:
+      self.bar.update(1)
+      logs = logs or {}
+      self.bar.set_postfix(loss=f"{float(logs.get('total', float('nan'))):.4f}",
+                           img_s=f"{self.images_per_second():.1f}", refresh=False)
+
+  def on_epoch_end(self, epoch, logs=None):
+    if self.bar is not None and logs and "val_total" in logs:
+      self.bar.write(_epoch_line(epoch, logs))
+
+  def close(self):
+    if self.bar is not None:
+      self.bar.close()
+      self.bar = None
+
+
+def _epoch_line(epoch, logs) -> str:
+  shown = {k: v for k, v in logs.items() if k.startswith("val_")}
+  return f"epoch {epoch + 1}: " + ", ".join(f"{k} {float(v):.4f}" for k, v in
+                                            sorted(shown.items()))
+
+
+class TensorBoardLogger(keras.callbacks.Callback):
+  """Scalars every `log_every` steps (window means of every loss term, the
+  learning rate, images/s); histograms, image grids and the yaw animation
+  every `images_every` steps on a fixed batch; validation each epoch."""
+
+  def __init__(self, log_dir: str, image_dir: str, step: tf.Variable,
+               progress: Progress, log_every: int, images_every: int,
+               sample_images: tf.Tensor):
+    super().__init__()
+    self.writer = tf.summary.create_file_writer(log_dir)
+    self.image_dir = image_dir
+    self.step, self.progress = step, progress
+    self.log_every, self.images_every = log_every, images_every
+    self.sample_images = sample_images
+    self._window: Dict[str, list] = {}
+
+  def _learning_rate(self) -> float:
+    lr = self.model.optimizer.learning_rate
+    return float(lr.numpy() if hasattr(lr, "numpy") else lr)
+
+  def on_train_batch_end(self, batch, logs=None):
+    step = int(self.step.numpy())
+    for key, value in (logs or {}).items():
+      self._window.setdefault(key, []).append(float(value))
+    if self.log_every > 0 and step % self.log_every == 0:
+      with self.writer.as_default(step=step):
+        for key, values in self._window.items():
+          if key == "nonfinite_streak":
+            continue
+          finite = [v for v in values if math.isfinite(v)]
+          if finite:
+            tf.summary.scalar(f"loss/{key}", float(np.mean(finite)))
+        tf.summary.scalar("train/learning_rate", self._learning_rate())
+        tf.summary.scalar("train/images_per_s", self.progress.images_per_second())
+        tf.summary.scalar("train/skipped_steps", int(self.model.skipped_steps.numpy()))
+        tf.summary.scalar("train/lam_flip", float(self.model.lam_flip.numpy()))
+      self._window = {}
+    if self.images_every > 0 and step % self.images_every == 0:
+      self.write_pictures(step)
+
+  def write_pictures(self, step: int):
+    model = self.model
+    out = model(self.sample_images, training=False)
+    named = visualize.panels(self.sample_images, out, model.config, model.renderer.camera)
+    grid = visualize.overview(named)
+    frames = visualize.animation_strip(visualize.yaw_frames(model.renderer, out))
+    with self.writer.as_default(step=step):
+      tf.summary.image("decomposition", grid[None], max_outputs=1,
+                       description="rows: images; columns: " + ", ".join(named))
+      tf.summary.image("yaw_animation", frames, max_outputs=frames.shape[0],
+                       description="textured, normal and shape views from -90 to "
+                       "+90 degrees of yaw (one image per frame)")
+      tf.summary.histogram("factors/view_rotation_deg", out.view[:, :3] * 180 / math.pi)
+      tf.summary.histogram("factors/view_translation", out.view[:, 3:])
+      tf.summary.histogram("factors/light", out.light)
+      tf.summary.histogram("factors/canonical_depth", out.canon_depth)
+    visualize.save_png(grid, os.path.join(self.image_dir, f"step{step:07d}.png"))
+    visualize.save_gif(frames, os.path.join(self.image_dir, f"step{step:07d}_yaw.gif"))
+    self.writer.flush()
+
+  def on_epoch_end(self, epoch, logs=None):
+    step = int(self.step.numpy())
+    with self.writer.as_default(step=step):
+      for key, value in (logs or {}).items():
+        if key.startswith("val_"):
+          name = key[4:]
+          group = "val_depth" if name in ("side", "mad") else "val"
+          tf.summary.scalar(f"{group}/{name}", float(value))
+    self.writer.flush()
+
+  def on_train_end(self, logs=None):
+    self.writer.flush()
+
+
+# ------------------------------------------------------------------ run ----
+
+def _learning_rate(total_steps: int):
+  lr = FLAGS.learning_rate
+  if FLAGS.lr_schedule == "cosine":
+    return keras.optimizers.schedules.CosineDecay(lr, max(total_steps, 1),
+                                                  alpha=FLAGS.lr_final_fraction)
+  return lr
+
+
+def _write_flags(run_dir: str) -> None:
+  os.makedirs(run_dir, exist_ok=True)
+  with open(os.path.join(run_dir, "flags.txt"), "w") as f:
+    f.write(FLAGS.flags_into_string())
+
+
+def restore_latest(checkpoint: tf.train.Checkpoint,
+                   manager: tf.train.CheckpointManager):
+  """Restores the newest readable checkpoint of `manager`; returns its path.
+
+  Only checkpoints recorded in the manager's state file are candidates (a
+  save killed before that record is never seen); one that fails to load
+  anyway (e.g. a damaged file) is reported and the previous one is tried.
+  """
+  for path in reversed(manager.checkpoints):
+    try:
+      checkpoint.restore(path).assert_existing_objects_matched()
+      return path
+    except (tf.errors.OpError, ValueError, AssertionError) as error:
+      logging.warning("%s is unreadable (%s); trying the previous checkpoint",
+                      path, str(error).splitlines()[0])
+  return None
+
+
+def train(config: ModelConfig, data: sources.DataSource, run_dir: str,
+          epochs: int, steps_per_epoch: int = 0) -> Dict:
+  """Trains (or resumes) a run; returns a summary dict.
+
+  Raises TrainingStopped when the non-finite guard ends the run.
+  """
+  data.check(("train",))
+  if steps_per_epoch <= 0:
+    size = data.train_size()
+    if size is None:
+      raise app.UsageError("--steps_per_epoch must be > 0 for --dataset=synfaces "
+                           "(the generator is endless)")
+    steps_per_epoch = size // data.batch_size
+    if steps_per_epoch == 0:
+      raise app.UsageError(f"{data.data_dir}/train holds {size} images, fewer than "
+                           f"--batch_size={data.batch_size}")
+  total_steps = epochs * steps_per_epoch
+  keras.utils.set_random_seed(FLAGS.seed)
+
+  strategy = tf.distribute.MirroredStrategy()
+  replicas = strategy.num_replicas_in_sync
+  if data.batch_size % replicas:
+    raise app.UsageError(f"--batch_size={data.batch_size} must be a multiple of the "
+                         f"{replicas} replicas")
+  logging.info("%d replica(s): %s", replicas, strategy.extended.worker_devices)
+  with strategy.scope():
+    model = runs.build_model(config)
+    optimizer = make_optimizer(config)
+    optimizer.learning_rate = _learning_rate(total_steps)
+    optimizer.build(model.trainable_variables)
+    model.compile(optimizer=optimizer, jit_compile=FLAGS.jit_compile)
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_step")
+  checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
+  ckpt_dir = os.path.join(run_dir, "ckpt")
+  manager = tf.train.CheckpointManager(checkpoint, ckpt_dir,
+                                       max_to_keep=FLAGS.keep_checkpoints)
+  resumed = restore_latest(checkpoint, manager)
+  if resumed:
+    logging.info("resumed from %s (step %d)", resumed, int(step.numpy()))
+  elif FLAGS.init_from:
+    prefix = runs.restore_weights(model, FLAGS.init_from)
+    logging.info("weights initialised from %s", prefix)
+  _write_flags(run_dir)
+
+  start = int(step.numpy())
+  if start >= total_steps:
+    logging.info("step %d >= %d: training already finished", start, total_steps)
+    return {"steps": start, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
+            "train_seconds": 0.0, "stopped": None, "model": model}
+  first_epoch, done_in_epoch = divmod(start, steps_per_epoch)
+  stream = data.train_stream(start, steps_per_epoch)
+
+  val_data = None
+  if FLAGS.val_images > 0:
+    data.check(("val",))
+    val_data = data.eval_dataset("val", FLAGS.val_images)
+  sample = next(iter(data.eval_dataset("val" if val_data is not None else "train",
+                                       8, batch_size=8)))
+  sample_images = sample[0] if isinstance(sample, tuple) else sample
+
+  progress = Progress(total_steps, step, data.batch_size, FLAGS.progress)
+  guard = NonFiniteGuard(step, FLAGS.max_nonfinite_steps)
+  callbacks = [
+      StepCounter(step),
+      FlipWeightSchedule(FLAGS.lam_flip_start_epoch, config.lam_flip),
+      guard,
+      CheckpointSaver(manager, step, FLAGS.checkpoint_every),
+      progress,
+      TensorBoardLogger(os.path.join(run_dir, "tb"), os.path.join(run_dir, "images"),
+                        step, progress, FLAGS.log_every, FLAGS.images_every,
+                        sample_images),
+  ]
+  started = time.perf_counter()
+  try:
+    # A run resumed mid-epoch first finishes that epoch, then continues with
+    # whole epochs: two fit() calls over one stream.
+    phases = []
+    if done_in_epoch:
+      phases.append((first_epoch, steps_per_epoch - done_in_epoch))
+      first_epoch += 1
+    if first_epoch < epochs:
+      phases.append((None, steps_per_epoch))
+    iterator_ds = stream
+    for phase_epoch, steps in phases:
+      begin = phase_epoch if phase_epoch is not None else first_epoch
+      end = begin + 1 if phase_epoch is not None else epochs
+      model.fit(iterator_ds, initial_epoch=begin, epochs=end, steps_per_epoch=steps,
+                validation_data=val_data, callbacks=callbacks, verbose=0)
+      if model.stop_training or guard.reason:
+        break
+      iterator_ds = data.train_stream(int(step.numpy()), steps_per_epoch)
+  finally:
+    progress.close()
+  seconds = time.perf_counter() - started
+  if guard.reason:
+    raise TrainingStopped(guard.reason)
+  return {"steps": int(step.numpy()), "epochs": epochs,
+          "steps_per_epoch": steps_per_epoch, "train_seconds": seconds,
+          "stopped": None, "model": model}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]} (flags start with --)")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.INFO)
+  config = tflags.model_config()
+  data = runs.data_source_from_flags(config.image_size)
+  try:
+    data.check(("train",))
+  except sources.DataNotFoundError as error:
+    raise app.UsageError(str(error)) from None
+  wall = time.perf_counter()
+  try:
+    result = train(config, data, FLAGS.run_dir, FLAGS.epochs, FLAGS.steps_per_epoch)
+  except TrainingStopped as error:
+    logging.error("%s", error)
+    sys.exit(f"tfsym3d.train: {error}")
+  print(f"trained {result['steps']} steps ({result['epochs']} epochs of "
+        f"{result['steps_per_epoch']}) in {result['train_seconds'] / 60:.1f} min; "
+        f"checkpoints in {os.path.join(FLAGS.run_dir, 'ckpt')}")
+  if data.has_ground_truth and FLAGS.eval_images > 0:
+    eval_dir = FLAGS.eval_dir or os.path.join(FLAGS.run_dir, "eval", FLAGS.eval_split)
+    summary = evaluate_lib.evaluate_model(result["model"], data, FLAGS.eval_split,
+                                          FLAGS.eval_images, eval_dir,
+                                          dump_images=FLAGS.dump_images,
+                                          progress=FLAGS.progress)
+    summary["train_minutes"] = result["train_seconds"] / 60
+    summary["wall_minutes"] = (time.perf_counter() - wall) / 60
+    summary["steps"] = result["steps"]
+    print(evaluate_lib.format_table(summary))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -37,14 +37,25 @@ def _check_image_size(image_size):
   return image_size // 16
 
 
+def _torch_default_init():
+  """PyTorch's default conv initialisation, which the reference trains from:
+  kaiming_uniform(a=sqrt(5)), i.e. U(+-1/sqrt(fan_in)). Keras' glorot_uniform
+  starts about 2.4x larger at the output layers (a noisy initial depth).
+  Keras' fan_in of a transposed kernel (kh, kw, out, in) is kh*kw*out, as
+  PyTorch's of (in, out, kh, kw)."""
+  return keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")
+
+
 def _conv(ch, k, s, padding, name):
   return keras.layers.Conv2D(ch, k, strides=s, padding=padding, use_bias=False,
-                             name=name)
+                             kernel_initializer=_torch_default_init(), name=name)
 
 
 def _tconv(ch, k, s, padding, name):
   return keras.layers.Conv2DTranspose(ch, k, strides=s, padding=padding,
-                                      use_bias=False, name=name)
+                                      use_bias=False,
+                                      kernel_initializer=_torch_default_init(),
+                                      name=name)
 
 
 def _gn(ch, name):

@@ -277,7 +277,8 @@ class Unsup3D(keras.Model):
     pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
     finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g, _ in pairs]
                            + [tf.math.is_finite(scaled)])
-    decay = self.config.weight_decay
+    # Replica gradients are summed: each adds its share of the decay.
+    decay = self.config.weight_decay / replicas
     pairs = [(g + decay * v, v) for g, v in pairs]
     finite = _apply_if_finite(self.optimizer, pairs, finite)
     self.nonfinite_streak.assign(tf.where(finite, 0, self.nonfinite_streak + 1))
@@ -307,7 +308,7 @@ def _apply_if_finite(optimizer, grads_and_vars, finite):
   grads = [g for g, _ in grads_and_vars]
   variables = [v for _, v in grads_and_vars]
   if not tf.distribute.has_strategy():
-    tf.cond(finite, lambda: _apply(optimizer, grads, variables), lambda: tf.no_op())
+    tf.cond(finite, lambda: _apply(optimizer, grads, variables), lambda: None)
     return finite
 
   ctx = tf.distribute.get_replica_context()
@@ -316,10 +317,12 @@ def _apply_if_finite(optimizer, grads_and_vars, finite):
 
   def merged(distribution, flag, grads, variables):
     flag = distribution.experimental_local_results(flag)[0]
-    tf.cond(flag,
-            lambda: distribution.extended.call_for_each_replica(
-                _apply, args=(optimizer, grads, variables)),
-            lambda: tf.no_op())
+
+    def apply_everywhere():
+      distribution.extended.call_for_each_replica(_apply,
+                                                  args=(optimizer, grads, variables))
+
+    tf.cond(flag, apply_everywhere, lambda: None)
 
   ctx.merge_call(merged, args=(finite, grads, variables))
   return finite
@@ -327,7 +330,6 @@ def _apply_if_finite(optimizer, grads_and_vars, finite):
 
 def _apply(optimizer, grads, variables):
   optimizer.apply_gradients(zip(grads, variables))
-  return tf.no_op()
 
 
 def make_optimizer(config: ModelConfig) -> keras.optimizers.Optimizer:

@@ -9,6 +9,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -18,7 +19,13 @@ import tensorflow as tf
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.cfg")
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+# The subprocesses share XLA's persistent compilation cache: compiling the
+# renderer's XLA stages is most of a tiny run's start-up, and it is the same
+# programs every time.
+XLA_CACHE = pathlib.Path(tempfile.gettempdir()) / "tfsym3d-tests-xla-cache"
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO),
+           TF_XLA_FLAGS=(os.environ.get("TF_XLA_FLAGS", "") +
+                         f" --tf_xla_persistent_cache_directory={XLA_CACHE}").strip())
 
 
 def _run(args, timeout=600, check=True):

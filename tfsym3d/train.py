@@ -276,7 +276,7 @@ def restore_latest(checkpoint: tf.train.Checkpoint,
     try:
       checkpoint.restore(path).assert_existing_objects_matched()
       return path
-    except (tf.errors.OpError, ValueError, AssertionError) as error:
+    except (tf.errors.OpError, ValueError, AssertionError, IndexError, OSError) as error:
       logging.warning("%s is unreadable (%s); trying the previous checkpoint",
                       path, str(error).splitlines()[0])
   return None

@@ -262,15 +262,15 @@ class SynFaces:
     seed: dataset seed; sample i depends only on (seed, i).
     max_yaw, max_pitch, max_roll: uniform pose ranges, degrees.
     max_translation: uniform x, y translation range (camera units; the frame
-      spans +-0.0875 at depth 1 with fov 10, so 0.05 moves a head by over a
-      quarter of the frame).
+      spans +-0.0875 at depth 1 with fov 10, so 0.015 moves a head by up to
+      about a twelfth of the frame, as loosely centred face crops do).
     asymmetry: scale of the one-sided depth bump and albedo marks (0 gives
       exactly mirror-symmetric canonical depth and albedo).
   """
 
   def __init__(self, image_size: int = 64, seed: int = 0, max_yaw: float = 60.0,
                max_pitch: float = 20.0, max_roll: float = 10.0,
-               max_translation: float = 0.05, asymmetry: float = 1.0):
+               max_translation: float = 0.015, asymmetry: float = 1.0):
     if image_size < 8:
       raise ValueError(f"SynFaces: image_size={image_size} is too small; use >= 8 "
                        "(e.g. --image_size 64)")
@@ -313,7 +313,9 @@ class SynFaces:
     and the layout the albedo reuses (half-grid maps)."""
     x, y, a, h = self._x, self._y, self._axis, self._half_axis
     u = rng.uniform
-    ax, ay, cy = u(0.45, 0.6), u(0.6, 0.75), u(-0.05, 0.05)
+    # The head fills most of the frame, like a face crop (and like the
+    # reference's data): background is the minority of the pixels.
+    ax, ay, cy = u(0.85, 0.95), u(0.98, 1.06), u(-0.03, 0.03)
     r2 = (x / ax) ** 2 + ((y - cy) / ay) ** 2
     # The head ends before the ellipsoid turns vertical: a near-vertical rim
     # sampled on the pixel grid shows as spikes when seen at grazing angles.
@@ -422,10 +424,12 @@ class SynFaces:
     return albedo, albedo - symmetric
 
   def _background(self, rng):
-    """[S, S, 3] in [0, 1]: a random linear colour gradient plus smooth noise."""
+    """[S, S, 3] in [0, 1]: a random colour with a gentle linear gradient and
+    smooth noise (a backdrop, as behind portraits: busy, high-contrast
+    backgrounds would dominate what a symmetric model has to explain)."""
     size = self.image_size
     c0 = rng.random(3, np.float32)
-    c1 = rng.random(3, np.float32)
+    c1 = np.clip(c0 + rng.uniform(-0.2, 0.2, 3).astype(np.float32), 0, 1)
     angle = rng.uniform(0, 2 * math.pi)
     a = self._axis
     t = a[None, :] * np.float32(math.cos(angle) / 2) + a[:, None] * np.float32(
@@ -434,13 +438,13 @@ class SynFaces:
     # Smooth noise: a random coarse grid, linearly interpolated (separable).
     cells = int(rng.integers(3, 12))
     noise = rng.standard_normal((cells + 1, cells + 1, 3), np.float32)
-    noise *= rng.uniform(0.03, 0.15)
+    noise *= rng.uniform(0.02, 0.06)
     pos = (self._axis + 1) * np.float32(cells / 2)   # 0 .. cells
     interp = np.maximum(0, 1 - np.abs(pos[:, None] - np.arange(cells + 1)[None, :]))
     rows = (interp @ noise.reshape(cells + 1, -1)).reshape(size, cells + 1, 3)
     image += np.matmul(interp, rows)                  # [S, S, 3]
-    # Fine grain: uniform noise (cheaper to draw than normal), std 0.017.
-    image += 0.06 * (rng.random(image.shape, np.float32) - 0.5)
+    # Fine grain: uniform noise (cheaper to draw than normal), std 0.009.
+    image += 0.03 * (rng.random(image.shape, np.float32) - 0.5)
     return np.clip(image, 0, 1)
 
   # -- public ---------------------------------------------------------------

@@ -58,6 +58,10 @@ def test_tiny_train_resume_and_evaluate(tmp_path):
   assert list((run / "images").glob("step0000006.png"))
   assert list((run / "images").glob("step0000006_yaw.gif"))
   assert "resumed" not in first.stderr
+  # Validation over the whole set each epoch, with SIDE and MAD (synfaces has
+  # ground truth).
+  line = [l for l in first.stderr.splitlines() if "validation:" in l][-1]
+  assert "epoch 1 (step 6)" in line and " side " in line and " mad " in line
 
   # Same run dir, one more epoch: resumes at step 6 and ends at 12, then
   # evaluates on held-out synfaces with the test-mode dump.
@@ -260,3 +264,25 @@ def test_nonfinite_steps_are_skipped_and_a_streak_stops_the_run(tmp_path):
   assert not np.array_equal(weights[1][0], weights[2][0])
   assert manager.latest_checkpoint.endswith("ckpt-2")
   assert int(optimizer.iterations.numpy()) == 2
+
+
+def test_init_from_loads_weights_only(tmp_path):
+  from tfsym3d import runs
+  from tfsym3d.config import ModelConfig
+  config = ModelConfig(image_size=16, nf=4, zdim=8, nf_encoder=4, nf_conf=4,
+                       zdim_conf=8, vgg_weights="none", lam_perc=0.0)
+  source = runs.build_model(config)
+  step = tf.Variable(7, dtype=tf.int64)
+  manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=source, step=step),
+                                       str(tmp_path / "ckpt"), max_to_keep=1)
+  manager.save(checkpoint_number=7)
+  target = runs.build_model(config)
+  assert not np.array_equal(target.get_weights()[0], source.get_weights()[0])
+  prefix = runs.restore_weights(target, str(tmp_path))   # a run directory
+  assert prefix.endswith("ckpt-7")
+  for a, b in zip(source.get_weights(), target.get_weights()):
+    np.testing.assert_array_equal(a, b)
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    runs.restore_weights(target, str(empty))

@@ -16,7 +16,6 @@ training: pass the run's flagfile, e.g. `--flagfile=runs/x/flags.txt`.
 import csv
 import dataclasses
 import json
-import math
 import os
 import sys
 from typing import Dict, Optional

@@ -332,7 +332,14 @@ def _apply(optimizer, grads, variables):
   optimizer.apply_gradients(zip(grads, variables))
 
 
-def make_optimizer(config: ModelConfig) -> keras.optimizers.Optimizer:
-  """Adam(lr, betas 0.9 / 0.999) as the reference; decay lives in train_step."""
-  return keras.optimizers.Adam(config.learning_rate, beta_1=0.9, beta_2=0.999,
-                               epsilon=1e-8)
+def make_optimizer(config: ModelConfig, learning_rate=None) -> keras.optimizers.Optimizer:
+  """Adam(lr, betas 0.9 / 0.999) as the reference; decay lives in train_step.
+
+  Args:
+    learning_rate: None (config.learning_rate) or a Keras learning-rate
+      schedule. Give a schedule here rather than assigning it later: replacing
+      the optimiser's learning-rate variable afterwards leaves it unsaveable
+      by tf.train.Checkpoint.
+  """
+  lr = config.learning_rate if learning_rate is None else learning_rate
+  return keras.optimizers.Adam(lr, beta_1=0.9, beta_2=0.999, epsilon=1e-8)

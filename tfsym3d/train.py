@@ -37,11 +37,12 @@ from tqdm import tqdm
 
 from tfsym3d import flags as tflags
 from tfsym3d import evaluate as evaluate_lib
+from tfsym3d import metrics
 from tfsym3d import runs
 from tfsym3d import visualize
 from tfsym3d.config import ModelConfig
 from tfsym3d.data import sources
-from tfsym3d.model import Unsup3D, make_optimizer
+from tfsym3d.model import make_optimizer
 
 FLAGS = flags.FLAGS
 
@@ -158,9 +159,12 @@ class Progress(keras.callbacks.Callback):
       self.bar.set_postfix(loss=f"{float(logs.get('total', float('nan'))):.4f}",
                            img_s=f"{self.images_per_second():.1f}", refresh=False)
 
-  def on_epoch_end(self, epoch, logs=None):
-    if self.bar is not None and logs and "val_total" in logs:
-      self.bar.write(_epoch_line(epoch, logs))
+  def write(self, line: str):
+    """Prints a line above the bar (or plainly without one)."""
+    if self.bar is not None:
+      self.bar.write(line)
+    else:
+      print(line, file=sys.stderr)
 
   def close(self):
     if self.bar is not None:
@@ -168,16 +172,65 @@ class Progress(keras.callbacks.Callback):
       self.bar = None
 
 
-def _epoch_line(epoch, logs) -> str:
-  shown = {k: v for k, v in logs.items() if k.startswith("val_")}
-  return f"epoch {epoch + 1}: " + ", ".join(f"{k} {float(v):.4f}" for k, v in
-                                            sorted(shown.items()))
+class Validation(keras.callbacks.Callback):
+  """At each epoch end: every loss term averaged over the whole validation
+  set, and SIDE (x1e-2) and MAD (degrees) when it has ground truth, printed
+  and written to TensorBoard."""
+
+  def __init__(self, dataset: tf.data.Dataset, writer_dir: str, step: tf.Variable,
+               progress: Progress):
+    super().__init__()
+    self.dataset, self.step, self.progress = dataset, step, progress
+    self.writer = tf.summary.create_file_writer(writer_dir)
+    self._batch_fn = None
+    self.history = []
+
+  def _batch(self, images, depth_gt=None):
+    model = self.model
+    out = model(images, training=False)
+    terms = model.compute_losses(images, out)
+    if depth_gt is not None:
+      mask = metrics.evaluation_mask(depth_gt, out.recon_mask)
+      terms["side"] = metrics.side(out.recon_depth, depth_gt, mask) * 100.0
+      terms["mad"] = metrics.mad(out.recon_depth, depth_gt, mask, model.renderer.camera)
+    return terms
+
+  def results(self) -> Dict[str, float]:
+    """Means over the validation set (per image for SIDE and MAD)."""
+    if self._batch_fn is None:
+      self._batch_fn = tf.function(self._batch)
+    sums, counts = {}, {}
+    for batch in self.dataset:
+      images, depth = batch if isinstance(batch, tuple) else (batch, None)
+      n = int(images.shape[0])
+      for key, value in self._batch_fn(images, depth).items():
+        value = value.numpy()
+        if value.ndim:   # per image: NaN (empty mask) left out
+          finite = value[np.isfinite(value)]
+          sums[key] = sums.get(key, 0.0) + float(finite.sum())
+          counts[key] = counts.get(key, 0) + finite.size
+        else:            # batch mean
+          sums[key] = sums.get(key, 0.0) + float(value) * n
+          counts[key] = counts.get(key, 0) + n
+    return {k: sums[k] / counts[k] for k in sums if counts[k]}
+
+  def on_epoch_end(self, epoch, logs=None):
+    values = self.results()
+    self.history.append(values)
+    step = int(self.step.numpy())
+    with self.writer.as_default(step=step):
+      for key, value in values.items():
+        group = "val_depth" if key in ("side", "mad") else "val"
+        tf.summary.scalar(f"{group}/{key}", value)
+    self.writer.flush()
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(values.items()))
+    self.progress.write(f"epoch {epoch + 1} (step {step}) validation: {shown}")
 
 
 class TensorBoardLogger(keras.callbacks.Callback):
   """Scalars every `log_every` steps (window means of every loss term, the
   learning rate, images/s); histograms, image grids and the yaw animation
-  every `images_every` steps on a fixed batch; validation each epoch."""
+  every `images_every` steps on a fixed batch."""
 
   def __init__(self, log_dir: str, image_dir: str, step: tf.Variable,
                progress: Progress, log_every: int, images_every: int,
@@ -232,16 +285,6 @@ class TensorBoardLogger(keras.callbacks.Callback):
       tf.summary.histogram("factors/canonical_depth", out.canon_depth)
     visualize.save_png(grid, os.path.join(self.image_dir, f"step{step:07d}.png"))
     visualize.save_gif(frames, os.path.join(self.image_dir, f"step{step:07d}_yaw.gif"))
-    self.writer.flush()
-
-  def on_epoch_end(self, epoch, logs=None):
-    step = int(self.step.numpy())
-    with self.writer.as_default(step=step):
-      for key, value in (logs or {}).items():
-        if key.startswith("val_"):
-          name = key[4:]
-          group = "val_depth" if name in ("side", "mad") else "val"
-          tf.summary.scalar(f"{group}/{name}", float(value))
     self.writer.flush()
 
   def on_train_end(self, logs=None):
@@ -309,8 +352,7 @@ def train(config: ModelConfig, data: sources.DataSource, run_dir: str,
   logging.info("%d replica(s): %s", replicas, strategy.extended.worker_devices)
   with strategy.scope():
     model = runs.build_model(config)
-    optimizer = make_optimizer(config)
-    optimizer.learning_rate = _learning_rate(total_steps)
+    optimizer = make_optimizer(config, _learning_rate(total_steps))
     optimizer.build(model.trainable_variables)
     model.compile(optimizer=optimizer, jit_compile=FLAGS.jit_compile)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_step")
@@ -343,6 +385,8 @@ def train(config: ModelConfig, data: sources.DataSource, run_dir: str,
   sample_images = sample[0] if isinstance(sample, tuple) else sample
 
   progress = Progress(total_steps, step, data.batch_size, FLAGS.progress)
+  validation = (Validation(val_data, os.path.join(run_dir, "tb"), step, progress)
+                if val_data is not None else None)
   guard = NonFiniteGuard(step, FLAGS.max_nonfinite_steps)
   callbacks = [
       StepCounter(step),
@@ -353,7 +397,7 @@ def train(config: ModelConfig, data: sources.DataSource, run_dir: str,
       TensorBoardLogger(os.path.join(run_dir, "tb"), os.path.join(run_dir, "images"),
                         step, progress, FLAGS.log_every, FLAGS.images_every,
                         sample_images),
-  ]
+  ] + ([validation] if validation is not None else [])
   started = time.perf_counter()
   try:
     # A run resumed mid-epoch first finishes that epoch, then continues with
@@ -369,7 +413,7 @@ def train(config: ModelConfig, data: sources.DataSource, run_dir: str,
       begin = phase_epoch if phase_epoch is not None else first_epoch
       end = begin + 1 if phase_epoch is not None else epochs
       model.fit(iterator_ds, initial_epoch=begin, epochs=end, steps_per_epoch=steps,
-                validation_data=val_data, callbacks=callbacks, verbose=0)
+                callbacks=callbacks, verbose=0)
       if model.stop_training or guard.reason:
         break
       iterator_ds = data.train_stream(int(step.numpy()), steps_per_epoch)
@@ -380,7 +424,8 @@ def train(config: ModelConfig, data: sources.DataSource, run_dir: str,
     raise TrainingStopped(guard.reason)
   return {"steps": int(step.numpy()), "epochs": epochs,
           "steps_per_epoch": steps_per_epoch, "train_seconds": seconds,
-          "stopped": None, "model": model}
+          "stopped": None, "model": model,
+          "validation": validation.history if validation is not None else []}
 
 
 def main(argv):

@@ -162,7 +162,7 @@ class Progress(keras.callbacks.Callback):
   def write(self, line: str):
     """Prints a line above the bar (or plainly without one)."""
     if self.bar is not None:
-      self.bar.write(line)
+      self.bar.write(line, file=sys.stderr)
     else:
       print(line, file=sys.stderr)
 

@@ -63,6 +63,10 @@ def test_tiny_train_resume_and_evaluate(tmp_path):
   line = [l for l in first.stderr.splitlines() if "validation:" in l][-1]
   assert "epoch 1 (step 6)" in line and " side " in line and " mad " in line
 
+  # The checkpoint holds the networks' weights, not just the step.
+  keys = [k for k, _ in tf.train.list_variables(str(run / "ckpt" / "ckpt-6"))]
+  assert any("netD" in k and "kernel" in k for k in keys)
+  assert any("optimizer" in k for k in keys)
   # Same run dir, one more epoch: resumes at step 6 and ends at 12, then
   # evaluates on held-out synfaces with the test-mode dump.
   second = _run(["tfsym3d.train", f"--flagfile={TINY}", f"--run_dir={run}",
@@ -212,7 +216,8 @@ _MIRRORED = textwrap.dedent("""
       _, mirrored = one_step(two(), optimizer, start)
       moved = max(float(np.abs(a - b).max()) for a, b in zip(single, start))
       diff = max(float(np.abs(a - b).max()) for a, b in zip(single, mirrored))
-      print(name, "moved", moved, "diff", diff)
+      outliers = sum(int((np.abs(a - b) > 1e-5).sum()) for a, b in zip(single, mirrored))
+      print(name, "moved", moved, "diff", diff, "outliers", outliers)
 """)
 
 
@@ -221,16 +226,22 @@ def test_mirrored_two_devices_step_equals_one_device():
                           text=True, env=ENV, cwd=REPO, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   lines = result.stdout.strip().splitlines()[-2:]
-  for line in lines:
-    name, _, moved, _, diff = line.split()
-    assert float(moved) > 1e-4, line     # the step did change the weights
-    assert float(diff) <= 1e-5, line     # identically on 2 replicas and on 1
   assert [line.split()[0] for line in lines] == ["sgd", "adam"]
+  for line in lines:
+    name, _, moved, _, diff, _, outliers = line.split()
+    assert float(moved) > 1e-4, line     # the step did change the weights
+    if name == "sgd":                    # the gradients agree: update = lr * g
+      assert float(diff) <= 1e-5, line
+    else:
+      # Adam's first step is lr * g / (|g| + 1e-8): on the few weights whose
+      # gradient is within a few eps of zero, rounding differences of the
+      # replica sum show up; everywhere else it is within 1e-5.
+      assert int(outliers) <= 20 and float(diff) <= 1e-4, line
 
 
 def test_nonfinite_steps_are_skipped_and_a_streak_stops_the_run(tmp_path):
   import keras
-  from tfsym3d import train
+  from tfsym3d import runs, train
   from tfsym3d.config import ModelConfig
   from tfsym3d.model import Unsup3D, make_optimizer
   config = ModelConfig(image_size=16, nf=4, zdim=8, nf_encoder=4, nf_conf=4,
@@ -245,7 +256,7 @@ def test_nonfinite_steps_are_skipped_and_a_streak_stops_the_run(tmp_path):
   data = tf.data.Dataset.from_tensor_slices(tf.stack([good, good] + [bad] * 8))
   step = tf.Variable(0, dtype=tf.int64)
   manager = tf.train.CheckpointManager(
-      tf.train.Checkpoint(model=model, optimizer=optimizer, step=step),
+      runs.checkpoint_for(model, optimizer=optimizer, step=step),
       str(tmp_path), max_to_keep=5)
   guard = train.NonFiniteGuard(step, max_streak=3)
   weights = {}
@@ -273,7 +284,7 @@ def test_init_from_loads_weights_only(tmp_path):
                        zdim_conf=8, vgg_weights="none", lam_perc=0.0)
   source = runs.build_model(config)
   step = tf.Variable(7, dtype=tf.int64)
-  manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=source, step=step),
+  manager = tf.train.CheckpointManager(runs.checkpoint_for(source, step=step),
                                        str(tmp_path / "ckpt"), max_to_keep=1)
   manager.save(checkpoint_number=7)
   target = runs.build_model(config)

@@ -3,7 +3,7 @@ built from its config, checkpoint lookup and weight restore, and the data
 source the data flags describe."""
 
 import os
-from typing import Optional
+from typing import Dict, Optional
 
 from absl import app
 from absl import flags
@@ -44,10 +44,31 @@ def build_model(config: ModelConfig, image_size: Optional[int] = None) -> Unsup3
   return model
 
 
+def weight_dict(model: Unsup3D) -> Dict[str, tf.Variable]:
+  """The model's variables by their path inside it ('netD/network_0/kernel').
+
+  tf.train.Checkpoint does not see the variables of Keras 3 layers through
+  the model object, so checkpoints list them explicitly; the model's own name
+  (unsup3d, unsup3d_1, ...) is left out of the keys so any build restores.
+  """
+  named = {}
+  for variable in model.weights:
+    key = variable.path.split("/", 1)[-1]
+    if key in named:
+      raise ValueError(f"two model variables share the checkpoint key {key!r}")
+    named[key] = variable
+  return named
+
+
+def checkpoint_for(model: Unsup3D, **extra) -> tf.train.Checkpoint:
+  """A tf.train.Checkpoint of the model's weights and state (and `extra`)."""
+  return tf.train.Checkpoint(model=model, weights=weight_dict(model), **extra)
+
+
 def restore_weights(model: Unsup3D, path: str) -> str:
   """Loads a checkpoint's model weights (not the optimiser); returns its prefix."""
   prefix = checkpoint_prefix(path)
-  status = tf.train.Checkpoint(model=model).restore(prefix)
+  status = checkpoint_for(model).restore(prefix)
   status.expect_partial().assert_existing_objects_matched()
   return prefix
 

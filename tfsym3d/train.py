@@ -356,7 +356,7 @@ def train(config: ModelConfig, data: sources.DataSource, run_dir: str,
     optimizer.build(model.trainable_variables)
     model.compile(optimizer=optimizer, jit_compile=FLAGS.jit_compile)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_step")
-  checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
+  checkpoint = runs.checkpoint_for(model, optimizer=optimizer, step=step)
   ckpt_dir = os.path.join(run_dir, "ckpt")
   manager = tf.train.CheckpointManager(checkpoint, ckpt_dir,
                                        max_to_keep=FLAGS.keep_checkpoints)

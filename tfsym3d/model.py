@@ -287,7 +287,8 @@ class Unsup3D(keras.Model):
     return terms
 
   def test_step(self, data):
-    """Loss terms of a validation batch (`fit`'s validation, `evaluate`)."""
+    """Loss terms of a batch for Keras' `evaluate` (training validates with
+    `tfsym3d.train.Validation`, which also reports SIDE and MAD)."""
     images = _images_of(data)
     return self.compute_losses(images, self(images, training=False))
 

@@ -372,7 +372,7 @@ def train(config: ModelConfig, data: sources.DataSource, run_dir: str,
   if start >= total_steps:
     logging.info("step %d >= %d: training already finished", start, total_steps)
     return {"steps": start, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
-            "train_seconds": 0.0, "stopped": None, "model": model}
+            "train_seconds": 0.0, "model": model, "validation": []}
   first_epoch, done_in_epoch = divmod(start, steps_per_epoch)
   stream = data.train_stream(start, steps_per_epoch)
 
@@ -424,7 +424,7 @@ def train(config: ModelConfig, data: sources.DataSource, run_dir: str,
     raise TrainingStopped(guard.reason)
   return {"steps": int(step.numpy()), "epochs": epochs,
           "steps_per_epoch": steps_per_epoch, "train_seconds": seconds,
-          "stopped": None, "model": model,
+          "model": model,
           "validation": validation.history if validation is not None else []}
 
 

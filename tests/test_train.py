@@ -195,9 +195,17 @@ _MIRRORED = textwrap.dedent("""
     config = ModelConfig(image_size=32, nf=8, zdim=32, nf_encoder=8, nf_conf=8,
                          zdim_conf=16, vgg_weights="none", lam_perc=0.0,
                          learning_rate=1e-3)
+    keras.utils.set_random_seed(0)     # a failure reproduces
     images = tf.random.stateless_uniform([8, 32, 32, 3], [1, 2], -1, 1)
-    # SGD makes the update proportional to the gradient (Adam's first step
-    # is about lr * sign(g), blind to a mis-scaled gradient); Adam is run too.
+    def adam():
+      # Our optimiser, with a larger epsilon: Adam's step lr * m / (sqrt(v) + eps)
+      # amplifies a gradient difference d by up to lr / eps, i.e. 1e5 with the
+      # training epsilon of 1e-8, so float rounding in the replica sum of a
+      # near-zero gradient would decide the comparison. With 1e-3 the factor is
+      # at most 1 and any real disagreement still shows.
+      optimizer = make_optimizer(config)
+      optimizer.epsilon = 1e-3
+      return optimizer
     def one_step(strategy, optimizer, weights=None):
       with strategy.scope():
         model = Unsup3D(config)
@@ -207,17 +215,21 @@ _MIRRORED = textwrap.dedent("""
         model.compile(optimizer=optimizer())
       before = model.get_weights()
       model.fit(tf.data.Dataset.from_tensors(images), epochs=1, verbose=0)
+      assert int(model.optimizer.iterations.numpy()) == 1
       return before, model.get_weights()
     one = lambda: tf.distribute.OneDeviceStrategy("/cpu:0")
     two = lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    for name, optimizer in (("sgd", lambda: keras.optimizers.SGD(0.5)),
-                            ("adam", lambda: make_optimizer(config))):
+    # One step from the same weights: SGD makes the update proportional to the
+    # gradient (a mis-scaled replica sum shows at once); Adam checks our
+    # optimiser and the L2 decay under replicas. A second step is not compared:
+    # the tiny first-step differences can flip a triangle's visibility, after
+    # which the gradients legitimately differ.
+    for name, optimizer in (("sgd", lambda: keras.optimizers.SGD(0.5)), ("adam", adam)):
       start, single = one_step(one(), optimizer)
       _, mirrored = one_step(two(), optimizer, start)
       moved = max(float(np.abs(a - b).max()) for a, b in zip(single, start))
       diff = max(float(np.abs(a - b).max()) for a, b in zip(single, mirrored))
-      outliers = sum(int((np.abs(a - b) > 1e-5).sum()) for a, b in zip(single, mirrored))
-      print(name, "moved", moved, "diff", diff, "outliers", outliers)
+      print(name, "moved", moved, "diff", diff)
 """)
 
 
@@ -228,15 +240,9 @@ def test_mirrored_two_devices_step_equals_one_device():
   lines = result.stdout.strip().splitlines()[-2:]
   assert [line.split()[0] for line in lines] == ["sgd", "adam"]
   for line in lines:
-    name, _, moved, _, diff, _, outliers = line.split()
+    name, _, moved, _, diff = line.split()
     assert float(moved) > 1e-4, line     # the step did change the weights
-    if name == "sgd":                    # the gradients agree: update = lr * g
-      assert float(diff) <= 1e-5, line
-    else:
-      # Adam's first step is lr * g / (|g| + 1e-8): on the few weights whose
-      # gradient is within a few eps of zero, rounding differences of the
-      # replica sum show up; everywhere else it is within 1e-5.
-      assert int(outliers) <= 20 and float(diff) <= 1e-4, line
+    assert float(diff) <= 1e-5, line
 
 
 def test_nonfinite_steps_are_skipped_and_a_streak_stops_the_run(tmp_path):

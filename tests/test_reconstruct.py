@@ -14,8 +14,11 @@ import tempfile
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
+from tfsym3d import geometry
+from tfsym3d import model as model_lib
 from tfsym3d import predictors
 from tfsym3d import reconstruct
 from tfsym3d import runs
@@ -94,6 +97,24 @@ def test_light_directions():
     reconstruct.parse_light_directions(["left"])
 
 
+def test_relighting_sides():
+  """What the default directions light, on a dome facing the camera."""
+  size = 32
+  v, u = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+  dome = 1.0 - 0.08 * np.exp(-((u - 15.5) ** 2 + (v - 15.5) ** 2) / 60.0)
+  directions = reconstruct.parse_light_directions(["-1:0", "1:0", "0:-1", "0:1"])
+  camera = geometry.Camera.from_fov(size, 10.0)
+  k = len(directions)
+  _, diffuse, _, _ = model_lib.shade(
+      tf.constant(np.repeat(dome[None], k, 0), tf.float32), tf.zeros([k, size, size, 3]),
+      tf.constant([[0.0, 1.0, 0, 0]] * k), tf.constant(directions), camera)
+  d = diffuse.numpy()[..., 0]
+  left, right = d[:, 8:24, 4:14].mean((1, 2)), d[:, 8:24, 18:28].mean((1, 2))
+  top, bottom = d[:, 4:14, 8:24].mean((1, 2)), d[:, 18:28, 8:24].mean((1, 2))
+  assert right[0] > left[0] + 0.1 and left[1] > right[1] + 0.1
+  assert bottom[2] > top[2] + 0.1 and top[3] > bottom[3] + 0.1
+
+
 def test_run_writes_everything_and_skips_bad_files(artefacts, tmp_path):
   inputs = tmp_path / "in"
   (inputs / "sub").mkdir(parents=True)
@@ -104,6 +125,7 @@ def test_run_writes_everything_and_skips_bad_files(artefacts, tmp_path):
   Image.fromarray(wide).save(inputs / "sub" / "b.jpg", quality=95)
   (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
   (inputs / "notes.txt").write_text("not an image, not listed")
+  Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(inputs / "tiny.png")
   predictor = predictors.load_predictor(artefacts["tflite"])
   out = tmp_path / "out"
   summary = reconstruct.run(predictor, [str(inputs), str(tmp_path / "missing.png")],
@@ -111,8 +133,10 @@ def test_run_writes_everything_and_skips_bad_files(artefacts, tmp_path):
                             gif_frames=3, sheet_cell=64, progress=False)
   assert [name for name, _ in summary["written"]] == ["a", "b"]
   skipped = dict(summary["skipped"])
-  assert set(skipped) == {str(tmp_path / "missing.png"), str(inputs / "broken.png")}
-  assert "unreadable" in skipped[str(inputs / "broken.png")]
+  assert set(skipped) == {str(tmp_path / "missing.png"), str(inputs / "broken.png"),
+                          str(inputs / "tiny.png")}
+  assert skipped[str(inputs / "broken.png")].startswith("unreadable")
+  assert skipped[str(inputs / "tiny.png")].startswith("too small")
 
   size = CONFIG.image_size
   for name in ("a", "b"):

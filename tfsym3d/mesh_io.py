@@ -1,9 +1,9 @@
 """Textured meshes of canonical depth maps, as OBJ (+MTL+PNG) and binary glTF.
 
 Orientation (METHOD 9): the model's camera space is x right, y down, z
-forward (away from the viewer). Common viewers (Blender's glTF importer,
-three.js, Windows 3D Viewer, MeshLab) expect y up and the object facing +z,
-the viewer looking down -z. Every vertex P = (x, y, z) is written as
+forward (away from the viewer). glTF 2.0 specifies y up with the front of
+an asset facing +z, and common viewers open OBJ files the same way (the
+viewer looking down -z). Every vertex P = (x, y, z) is written as
 (x, -y, rot_center_depth - z): a half turn about the x axis (so handedness
 and triangle winding keep their meaning) that also moves the rotation centre
 to the origin. Triangles are counter-clockwise seen from +z (glTF's front

@@ -77,7 +77,8 @@ class CheckpointPredictor:
 
   def __init__(self, path: str, config: ModelConfig):
     self.config = config
-    self.model = runs.build_model(config)
+    # Inference needs no VGG16 (the perceptual loss): never load or download it.
+    self.model = runs.build_model(config.replace(vgg_weights="none", lam_perc=0.0))
     try:
       self.source = runs.restore_weights(self.model, path)
     except (AssertionError, ValueError) as error:

@@ -16,7 +16,8 @@ Per input image, in `<output>/<name>/`:
                         max_depth -> 65535 (both in its text chunks and in
                         factors.json)
   albedo.png, normal.png, shading.png (diffuse), canonical_image.png
-  relit_<k>.png         the canonical image under light direction k
+  relit_<k>.png         the canonical image under --light_directions[k]
+                        (the image's ambient and diffuse strengths)
   mesh.obj/.mtl, mesh_texture.png, mesh.glb
                         the canonical surface textured with the albedo,
                         y up and facing +z (`tfsym3d.mesh_io`)
@@ -67,8 +68,10 @@ flags.DEFINE_bool("crop_faces", False, "Crop a square around the best face found
 flags.DEFINE_float("face_margin", 0.4, "--crop_faces: margin around the face box, "
                    "as a fraction of its side, on each side.")
 flags.DEFINE_list("light_directions", ["-1:0", "1:0", "0:-1", "0:1", "0:0"],
-                  "Relighting: light directions as lx:ly pairs (direction "
-                  "normalize([lx, ly, 1]); x right, y down, 0:0 from the camera).")
+                  "Relighting: lx:ly pairs in the model's light convention (METHOD "
+                  "2, as the `light` in factors.json): direction normalize([lx, ly, "
+                  "1]). -1:0 lights the image's right side, 1:0 its left, 0:-1 "
+                  "the bottom, 0:1 the top, 0:0 comes from the camera.")
 flags.DEFINE_integer("gif_frames", 15, "Frames of each yaw animation (-90 to +90 degrees).")
 flags.DEFINE_integer("sheet_cell", 128, "Contact sheet cell size in pixels.")
 
@@ -113,7 +116,8 @@ def list_inputs(specs: Sequence[str]) -> Tuple[List[str], List[Tuple[str, str]]]
 def read_image(path: str) -> np.ndarray:
   """uint8 RGB [H, W, 3] of any image Pillow reads (EXIF rotation applied).
 
-  Raises ValueError naming the file when it cannot be decoded.
+  Raises ValueError saying why when it cannot be decoded (the caller names
+  the file).
   """
   try:
     with Image.open(path) as im:
@@ -122,9 +126,9 @@ def read_image(path: str) -> np.ndarray:
       rgb = folders._pil_to_rgb01(im)  # pylint: disable=protected-access
   except Exception as error:  # pylint: disable=broad-except
     # Pillow raises many types for bad files (OSError, SyntaxError, ...).
-    raise ValueError(f"{path}: unreadable ({type(error).__name__}: {error})") from None
+    raise ValueError(f"unreadable ({type(error).__name__}: {error})") from None
   if min(rgb.shape[:2]) < 8:
-    raise ValueError(f"{path}: too small ({rgb.shape[1]} x {rgb.shape[0]})")
+    raise ValueError(f"too small ({rgb.shape[1]} x {rgb.shape[0]} pixels)")
   return (rgb * 255 + 0.5).astype(np.uint8)
 
 
@@ -296,7 +300,7 @@ def run(predictor, inputs: Sequence[str], output: str, light_directions,
     try:
       image = read_image(path)
     except ValueError as error:
-      logging.warning("skipping %s", error)
+      logging.warning("skipping %s: %s", path, error)
       skipped.append((path, str(error)))
       continue
     crop = None

@@ -79,6 +79,21 @@ def test_three_forms_give_the_same_factors(artefacts):
     assert predictor(big).depth.shape == (1, 32, 32)
 
 
+def test_pure_shading_is_the_models(artefacts):
+  """What reconstruct computes from the four factors equals the model's
+  own Decomposition (shared code, `model.shade` / `model.light_direction`)."""
+  model = artefacts["model"]
+  images = _faces(2)
+  out = model(images.astype(np.float32) / 255 * 2 - 1)
+  direction = model_lib.light_direction(out.light)
+  np.testing.assert_allclose(direction, out.light_direction, atol=1e-7)
+  normal, diffuse, shading, canon = model_lib.shade(
+      out.canon_depth, out.canon_albedo, out.light, direction, model.renderer.camera)
+  for mine, theirs in ((normal, out.canon_normal), (diffuse, out.canon_diffuse_shading),
+                       (shading, out.canon_shading), (canon, out.canon_image)):
+    np.testing.assert_allclose(mine, theirs, atol=1e-6)
+
+
 def test_load_predictor_errors(artefacts, tmp_path):
   with pytest.raises(FileNotFoundError, match="no such file"):
     predictors.load_predictor(str(tmp_path / "nothing"))

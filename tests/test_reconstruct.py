@@ -26,7 +26,7 @@ from tfsym3d import visualize
 from tfsym3d.config import ModelConfig
 from tfsym3d.data.synthetic import SynFaces
 
-from tests import export_fixtures
+import export_fixtures
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = ModelConfig(image_size=32, nf=8, zdim=32, nf_encoder=8, nf_conf=8, zdim_conf=16,

@@ -87,6 +87,35 @@ def _rescale(t, low, high):
   return (1 + t) / 2 * high + (1 - t) / 2 * low
 
 
+def light_direction(light):
+  """Unit light directions [B, 3] normalize([lx, ly, 1]) of lights [B, 4] (METHOD 2)."""
+  light = tf.convert_to_tensor(light)
+  direction = tf.concat([light[:, 2:4], tf.ones_like(light[:, :1])], axis=1)
+  return direction / tf.norm(direction, axis=1, keepdims=True)
+
+
+def shade(depth, albedo, light, direction, camera: geometry.Camera):
+  """The canonical image of METHOD 4, as a pure function of the factors.
+
+  Args:
+    depth: [B, S, S] canonical depth; albedo: [B, S, S, 3] in [-1, 1].
+    light: [B, 4] (ambient, diffuse, lx, ly); only ambient and diffuse are
+      read here, the direction comes from `direction`.
+    direction: [B, 3] unit light directions (e.g. `light_direction(light)`,
+      or any other direction to relight with).
+    camera: the model's camera (normals need its intrinsics).
+  Returns:
+    (normal [B, S, S, 3], diffuse shading [B, S, S, 1], shading [B, S, S, 1],
+    canonical image [B, S, S, 3] in [-1, 1]).
+  """
+  normal = geometry.normals_from_depth(depth, camera)
+  diffuse_shading = tf.maximum(
+      tf.reduce_sum(normal * direction[:, None, None, :], -1, keepdims=True), 0.0)
+  shading = light[:, None, None, 0:1] + light[:, None, None, 1:2] * diffuse_shading
+  image = (albedo / 2 + 0.5) * shading * 2 - 1
+  return normal, diffuse_shading, shading, image
+
+
 class Unsup3D(keras.Model):
   """Depth, albedo, light, view and confidence networks with their renderer.
 
@@ -159,9 +188,8 @@ class Unsup3D(keras.Model):
     raw = self.net_light(images)
     ambient = _rescale(raw[:, 0:1], cfg.min_amb_light, cfg.max_amb_light)
     diffuse = _rescale(raw[:, 1:2], cfg.min_diff_light, cfg.max_diff_light)
-    direction = tf.concat([raw[:, 2:4], tf.ones_like(raw[:, :1])], axis=1)
-    direction = direction / tf.norm(direction, axis=1, keepdims=True)
-    return tf.concat([ambient, diffuse, raw[:, 2:4]], axis=1), direction
+    light = tf.concat([ambient, diffuse, raw[:, 2:4]], axis=1)
+    return light, light_direction(light)
 
   def view(self, images):
     """Viewpoint [B, 6]: rotations in radians, then translations (METHOD 2)."""
@@ -173,12 +201,7 @@ class Unsup3D(keras.Model):
 
   def shade(self, depth, albedo, light, direction):
     """Normals, diffuse shading, shading and canonical image (METHOD 4)."""
-    normal = geometry.normals_from_depth(depth, self.renderer.camera)
-    diffuse_shading = tf.maximum(
-        tf.reduce_sum(normal * direction[:, None, None, :], -1, keepdims=True), 0.0)
-    shading = light[:, None, None, 0:1] + light[:, None, None, 1:2] * diffuse_shading
-    image = (albedo / 2 + 0.5) * shading * 2 - 1
-    return normal, diffuse_shading, shading, image
+    return shade(depth, albedo, light, direction, self.renderer.camera)
 
   # -- forward -------------------------------------------------------------
 

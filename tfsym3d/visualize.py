@@ -32,6 +32,64 @@ def depth_to_rgb(depth, min_depth: float, max_depth: float) -> np.ndarray:
   return np.repeat(unit_to_uint8(g)[..., None], 3, axis=-1)
 
 
+# Anchor colours of the depth colour map, far (0) to near (1): deep blue,
+# teal, green, yellow, near white; piecewise linear in between.
+_DEPTH_COLOURS = np.array([[0.05, 0.03, 0.35], [0.0, 0.45, 0.6], [0.2, 0.7, 0.3],
+                           [0.95, 0.85, 0.15], [1.0, 0.98, 0.85]], np.float32)
+
+
+def depth_to_colormap(depth, min_depth: float, max_depth: float) -> np.ndarray:
+  """[..., H, W] depth -> uint8 [..., H, W, 3] colours, near = bright yellow,
+  far = dark blue (a monotonic ramp in brightness, so it also reads in grey)."""
+  g = np.clip((max_depth - np.asarray(depth, np.float32)) / (max_depth - min_depth), 0, 1)
+  position = g * (len(_DEPTH_COLOURS) - 1)
+  low = np.minimum(position.astype(np.int64), len(_DEPTH_COLOURS) - 2)
+  frac = (position - low)[..., None]
+  return unit_to_uint8(_DEPTH_COLOURS[low] * (1 - frac) + _DEPTH_COLOURS[low + 1] * frac)
+
+
+def depth_to_uint16(depth, min_depth: float, max_depth: float) -> np.ndarray:
+  """Depth [..., H, W] -> uint16, linear: min_depth -> 0, max_depth -> 65535.
+
+  Values outside the range are clipped; the step is (max - min) / 65535.
+  """
+  g = (np.asarray(depth, np.float64) - min_depth) / (max_depth - min_depth)
+  return np.round(np.clip(g, 0, 1) * 65535).astype(np.uint16)
+
+
+def uint16_to_depth(values, min_depth: float, max_depth: float) -> np.ndarray:
+  """The inverse of `depth_to_uint16` (within its quantisation)."""
+  return (min_depth + np.asarray(values, np.float64) / 65535
+          * (max_depth - min_depth)).astype(np.float32)
+
+
+def save_png16(values: np.ndarray, path: str, text=None) -> None:
+  """Writes uint16 [H, W] as a 16-bit greyscale PNG, with optional text chunks."""
+  from PIL import PngImagePlugin  # pylint: disable=g-import-not-at-top
+  values = np.asarray(values)
+  if values.dtype != np.uint16 or values.ndim != 2:
+    raise ValueError(f"save_png16 wants uint16 [H, W], got {values.dtype} {values.shape}")
+  info = PngImagePlugin.PngInfo()
+  for key, value in (text or {}).items():
+    info.add_text(key, str(value))
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  Image.fromarray(values).save(path, pnginfo=info)
+
+
+def load_png16(path: str) -> np.ndarray:
+  """Reads a 16-bit greyscale PNG as uint16 [H, W]."""
+  with Image.open(path) as im:
+    return np.asarray(im).astype(np.uint16)
+
+
+def upscale(image: np.ndarray, size: int) -> np.ndarray:
+  """uint8 [H, W, C] -> [size, size, C] by nearest neighbour (any factor)."""
+  h, w = image.shape[:2]
+  rows = np.arange(size) * h // size
+  cols = np.arange(size) * w // size
+  return image[rows][:, cols]
+
+
 def normals_to_rgb(normals) -> np.ndarray:
   """Unit normals [..., 3] -> uint8 colours ((n + 1) / 2, the usual map)."""
   return unit_to_uint8((np.asarray(normals, np.float32) + 1) / 2)

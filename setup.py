@@ -25,6 +25,10 @@ setup(
         "tensorflow-graphics==2021.12.3",
     ],
     extras_require={
-        "test": ["pytest>=8,<10"],
+        # Reading the reference's PyTorch checkpoints (tfsym3d.convert). Only
+        # this exact pin resolves to the CPU wheel; the test extra includes it
+        # so CI runs the conversion parity tests.
+        "torch": ["torch==2.13.0"],
+        "test": ["pytest>=8,<10", "torch==2.13.0"],
     },
 )

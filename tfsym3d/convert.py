@@ -29,7 +29,7 @@ import os
 import pickle
 import re
 import sys
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Tuple
 
 from absl import app
 from absl import flags

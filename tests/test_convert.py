@@ -118,26 +118,6 @@ def _parity(nets, model, images):
   return diffs, scales
 
 
-def test_converted_reduced_width_model_matches_pytorch(tmp_path):
-  nets, path = _small_checkpoint(tmp_path)
-  report = convert.convert(path, str(tmp_path / "out"), BASE)
-  assert report["networks_converted"] == ["netD", "netA", "netL", "netV", "netC"]
-  assert report["epoch"] == 30 and report["checkpoint"].endswith("ckpt-30")
-  assert report["ignored_entries"] == ["epoch", "metrics_trace", "optimizerA",
-                                       "optimizerC", "optimizerD", "optimizerL",
-                                       "optimizerV"]
-  assert report["parameters"] == sum(p.numel() for n in nets.values() for p in n.parameters())
-  # The other commands read the model through flags.txt and runs.restore_weights.
-  config = _config_from_flagfile(str(tmp_path / "out" / "flags.txt"))
-  assert config == BASE.replace(**SMALL)
-  model = runs.build_model(config)
-  runs.restore_weights(model, str(tmp_path / "out"))
-  diffs, scales = _parity(nets, model, _images(64))
-  print("max abs diff (reduced widths):", json.dumps(diffs))
-  assert all(s > 0.05 for s in scales.values()), scales  # outputs are not ~0
-  assert max(diffs.values()) <= TOL, diffs
-
-
 def test_reference_widths_map_every_key_and_shape():
   """The full-size networks (37.1 M parameters): every reference key lands
   on the right variable with the right transposition (no convolutions run)."""
@@ -162,17 +142,40 @@ def test_reference_widths_map_every_key_and_shape():
         np.testing.assert_array_equal(variable.numpy(), tensor)
 
 
-@pytest.mark.slow
-def test_converted_reference_width_model_matches_pytorch(tmp_path):
-  torch.manual_seed(2)
-  nets = _randomise(ref.networks(), 2)
+def _convert_and_compare(tmp_path, widths, seed):
+  """Converts random reference networks of `widths` through a .pth file and
+  flags.txt, as a user would; returns the max abs diffs."""
+  torch.manual_seed(seed)
+  nets = _randomise(ref.networks(**widths), seed)
   path = _save(tmp_path, ref.checkpoint(nets))
-  convert.convert(path, str(tmp_path / "out"), BASE)
-  model = runs.build_model(BASE)
+  report = convert.convert(path, str(tmp_path / "out"), BASE)
+  assert report["networks_converted"] == ["netD", "netA", "netL", "netV", "netC"]
+  assert report["epoch"] == 30 and report["checkpoint"].endswith("ckpt-30")
+  assert report["ignored_entries"] == ["epoch", "metrics_trace", "optimizerA",
+                                       "optimizerC", "optimizerD", "optimizerL",
+                                       "optimizerV"]
+  assert report["parameters"] == sum(p.numel() for n in nets.values() for p in n.parameters())
+  # The other commands read the model through flags.txt and runs.restore_weights.
+  config = _config_from_flagfile(str(tmp_path / "out" / "flags.txt"))
+  assert config == BASE.replace(**widths)
+  model = runs.build_model(config)
   runs.restore_weights(model, str(tmp_path / "out"))
   diffs, scales = _parity(nets, model, _images(64, batch=2))
+  assert all(s > 0.05 for s in scales.values()), scales  # outputs are not ~0
+  return diffs
+
+
+def test_converted_reference_model_matches_pytorch(tmp_path):
+  """The reference widths (37.1 M parameters), as the published models."""
+  diffs = _convert_and_compare(tmp_path, {}, seed=2)
   print("max abs diff (reference widths):", json.dumps(diffs))
-  assert all(s > 0.05 for s in scales.values()), scales
+  assert max(diffs.values()) <= TOL, diffs
+
+
+@pytest.mark.slow
+def test_converted_reduced_width_model_matches_pytorch(tmp_path):
+  diffs = _convert_and_compare(tmp_path, SMALL, seed=0)
+  print("max abs diff (reduced widths):", json.dumps(diffs))
   assert max(diffs.values()) <= TOL, diffs
 
 
@@ -198,7 +201,7 @@ def test_checkpoint_without_netc_converts_the_rest_and_says_so(tmp_path):
     convert.convert(path, str(tmp_path / "again"), BASE, explicit=["use_conf_map"])
 
 
-def _state(tmp_path, size=16):
+def _state(size=16):
   torch.manual_seed(0)
   cp = ref.checkpoint(ref.networks(k=size // 16, **SMALL))
   return cp
@@ -213,20 +216,20 @@ def _convert_error(tmp_path, cp, name):
 
 
 def test_missing_unexpected_and_misshaped_keys_are_listed(tmp_path):
-  cp = _state(tmp_path)
+  cp = _state()
   del cp["netA"]["network.40.weight"], cp["netL"]["network.10.weight"]
   message = _convert_error(tmp_path, cp, "missing.pth")
   assert "netA: missing keys: network.40.weight" in message
   assert "netL: missing keys: network.10.weight" in message
 
-  cp = _state(tmp_path)
+  cp = _state()
   cp["netD"]["network.0.bias"] = torch.zeros(8)            # convs have no bias
   cp["netC"]["out_net3.0.weight"] = torch.zeros(2, 16, 3, 3)
   message = _convert_error(tmp_path, cp, "unexpected.pth")
   assert "netD: unexpected keys: network.0.bias" in message
   assert "netC: unexpected keys: out_net3.0.weight" in message
 
-  cp = _state(tmp_path)
+  cp = _state()
   cp["netV"]["network.10.weight"] = torch.zeros(5, 64, 1, 1)   # 6 outputs expected
   cp["netA"]["network.37.weight"] = torch.zeros(9)              # GroupNorm of 8
   # a transposed kernel stored as a conv kernel (in and out swapped)
@@ -238,12 +241,12 @@ def test_missing_unexpected_and_misshaped_keys_are_listed(tmp_path):
 
 
 def test_bad_checkpoint_layouts_are_clear_errors(tmp_path):
-  cp = _state(tmp_path)
+  cp = _state()
   del cp["netV"]
   assert "['netV'] are missing" in _convert_error(tmp_path, cp, "nonetv.pth")
-  one = _state(tmp_path)["netD"]
+  one = _state()["netD"]
   assert "single network's state dict" in _convert_error(tmp_path, dict(one), "one.pth")
-  cp = _state(tmp_path)
+  cp = _state()
   cp["netL"]["network.0.weight"] = cp["netL"]["network.0.weight"].long()
   assert "not floating-point tensors: ['netL.network.0.weight" in _convert_error(
       tmp_path, cp, "ints.pth")
@@ -255,7 +258,7 @@ def test_bad_checkpoint_layouts_are_clear_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="no such file"):
     convert.load_torch_checkpoint(str(tmp_path / "absent.pth"))
   # Widths given on purpose must agree with the tensors'.
-  path = _save(tmp_path, _state(tmp_path), "widths.pth")
+  path = _save(tmp_path, _state(), "widths.pth")
   with pytest.raises(convert.ConversionError, match="--nf=64 but the checkpoint has 8"):
     convert.convert(path, str(tmp_path / "w"), BASE, explicit=["nf"])
   # An existing checkpoint is never overwritten.
@@ -276,7 +279,7 @@ class _RunsCode:
 
 def test_a_pickle_that_would_run_code_is_refused(tmp_path):
   marker = tmp_path / "ran"
-  cp = _state(tmp_path)
+  cp = _state()
   cp["metrics_trace"] = _RunsCode(marker)
   path = _save(tmp_path, cp, "evil.pth")
   with pytest.raises(convert.ConversionError, match="refused to load.*(system|posix)"):
@@ -298,7 +301,7 @@ def test_reference_metrics_trace_object_is_read_inertly(tmp_path, monkeypatch):
   package.meters = meters
   monkeypatch.setitem(sys.modules, "unsup3d", package)
   monkeypatch.setitem(sys.modules, "unsup3d.meters", meters)
-  cp = _state(tmp_path)
+  cp = _state()
   cp["metrics_trace"] = MetricsTrace()
   path = _save(tmp_path, cp, "trace.pth")
   monkeypatch.delitem(sys.modules, "unsup3d.meters")

@@ -329,3 +329,13 @@ def test_command_line(tmp_path):
   assert report["networks_absent"] == ["netC"] and report["config"]["image_size"] == 16
   assert tf.train.latest_checkpoint(str(out / "ckpt")).endswith("ckpt-30")
   assert "--nouse_conf_map" in (out / "flags.txt").read_text().split()
+  # evaluate takes it as any run: --flagfile=<out>/flags.txt --checkpoint=<out>.
+  result = subprocess.run([sys.executable, "-m", "tfsym3d.evaluate",
+                           f"--flagfile={out / 'flags.txt'}", f"--checkpoint={out}",
+                           "--vgg_weights=none", "--dataset=synfaces", "--eval_images=4",
+                           "--json", "--noprogress"],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  summary = json.loads(result.stdout.strip().splitlines()[-1])
+  assert summary["num_images"] == 4 and summary["checkpoint"].endswith("ckpt-30")
+  assert np.isfinite(summary["side"]["mean"])

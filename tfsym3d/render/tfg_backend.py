@@ -4,16 +4,22 @@ Visibility (which triangle covers which pixel centre) comes from
 tensorflow-graphics' C++ op `RasterizeTriangles`. The `.so` that the
 tensorflow-graphics wheel ships is built against an old TensorFlow ABI and does
 not load on current TensorFlow, so the op's sources (shipped in the same wheel)
-are compiled here on first use and cached on disk:
+are built against the installed TensorFlow, with the one recipe of
+`kernel_recipe.py`. The library loaded is the first of:
 
-- the library lives in `$TFSYM3D_CACHE_DIR` (default `~/.cache/tfsym3d`) as
-  `rasterize_triangles_<hash>.so`, the hash covering the kernel sources, the
-  TensorFlow version and the compiler flags, so a new TensorFlow or changed
-  sources give a new file instead of a stale one;
-- a compile writes a temporary file and `os.replace`s it into place, under an
-  exclusive `fcntl` lock on a sibling `.lock` file, so concurrent processes
-  compile once and never load a half-written library;
-- the compiler is `$CXX`, else the first of g++, c++, clang++ on PATH.
+1. `$TFSYM3D_RASTERIZER_LIBRARY`, a path to a built library (an error if it
+   does not exist, or if a `<path>.key` next to it names another recipe);
+2. the Bazel build of this checkout, `bazel-bin/tfsym3d/render/rasterizer_op.so`
+   (`bazel build //tfsym3d/render:rasterizer_op`), if the recipe key Bazel
+   wrote next to it is the current one (same sources, TensorFlow, flags);
+3. a library compiled with g++ on first use and cached on disk:
+   - in `$TFSYM3D_CACHE_DIR` (default `~/.cache/tfsym3d`) as
+     `rasterize_triangles_<key>.so`, so a new TensorFlow or changed sources
+     give a new file instead of a stale one;
+   - a compile writes a temporary file and `os.replace`s it into place, under
+     an exclusive `fcntl` lock on a sibling `.lock` file, so concurrent
+     processes compile once and never load a half-written library;
+   - the compiler is `$CXX`, else the first of g++, c++, clang++ on PATH.
 
 The per-pixel barycentrics the kernel returns carry no gradient; they are
 recomputed differentiably from the clip-space vertices of the visible
@@ -23,7 +29,6 @@ gradients reach the vertex positions.
 """
 
 import fcntl
-import hashlib
 import os
 import pathlib
 import shutil
@@ -35,63 +40,22 @@ from absl import logging
 import tensorflow as tf
 
 from tfsym3d.geometry import Camera
+from tfsym3d.render import kernel_recipe
 from tfsym3d.render.fragments import Fragments
 
-# Translation units of the op, and every file whose content the build depends
-# on (the header is included by both).
-KERNEL_SOURCES = ("rasterize_triangles_op.cc", "rasterize_triangles_impl.cc")
-KERNEL_FILES = KERNEL_SOURCES + ("rasterize_triangles_impl.h",)
+LIBRARY_ENV = "TFSYM3D_RASTERIZER_LIBRARY"
+# Where `bazel build //tfsym3d/render:rasterizer_op` puts the library, relative
+# to the checkout (tfsym3d/render/BUILD); its recipe key is in `<name>.key`.
+BAZEL_LIBRARY = pathlib.Path("bazel-bin", "tfsym3d", "render", "rasterizer_op.so")
 _LIBRARY_STEM = "rasterize_triangles"
 # Must match FaceCullingMode::kNone in rasterize_triangles_impl.h.
 _FACE_CULLING_NONE = 0
 
 _load_lock = threading.Lock()
 _loaded_ops = None
+_loaded_library = None
 
-
-def kernel_source_dir() -> pathlib.Path:
-  """The directory of tensorflow-graphics' rasterizer kernel sources."""
-  # Only the package's location is needed: importing it would try to load the
-  # ABI-broken shipped .so.
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.find_spec("tensorflow_graphics")
-  if spec is None or not spec.submodule_search_locations:
-    raise RuntimeError(
-        "tensorflow-graphics is not installed; the 'tfg' rasterizer backend "
-        "needs its kernel sources: pip install tensorflow-graphics==2021.12.3")
-  root = pathlib.Path(list(spec.submodule_search_locations)[0])
-  kernel_dir = root / "rendering" / "kernels"
-  missing = [name for name in KERNEL_FILES if not (kernel_dir / name).is_file()]
-  if missing:
-    raise RuntimeError(
-        f"tensorflow-graphics at {root} lacks the rasterizer sources {missing}; "
-        "reinstall it: pip install --force-reinstall tensorflow-graphics==2021.12.3")
-  return kernel_dir
-
-
-def build_command(compiler, sources, output, compile_flags=None,
-                  link_flags=None) -> list:
-  """The argv that compiles the rasterizer op into a shared library.
-
-  The single place for the build flags (a Bazel rule reuses it).
-
-  Args:
-    compiler: path or name of the C++ compiler.
-    sources: paths of the .cc files (KERNEL_SOURCES); the header is found next
-      to them through the quoted #include.
-    output: path of the .so to write.
-    compile_flags, link_flags: TensorFlow's flags; default
-      tf.sysconfig.get_compile_flags() / get_link_flags().
-  Returns:
-    A list of strings.
-  """
-  if compile_flags is None:
-    compile_flags = tf.sysconfig.get_compile_flags()
-  if link_flags is None:
-    link_flags = tf.sysconfig.get_link_flags()
-  return ([str(compiler), "-shared", "-fPIC", "-O2", "-w"] +
-          [str(s) for s in sources] + ["-o", str(output)] +
-          list(compile_flags) + list(link_flags))
+kernel_source_dir = kernel_recipe.kernel_source_dir
 
 
 def cache_dir() -> pathlib.Path:
@@ -104,17 +68,39 @@ def cache_dir() -> pathlib.Path:
 
 def library_name(source_dir=None) -> str:
   """File name of the cached library: keyed by sources, TF version, flags."""
-  source_dir = pathlib.Path(source_dir or kernel_source_dir())
-  digest = hashlib.sha256()
-  for name in KERNEL_FILES:
-    digest.update(name.encode())
-    digest.update((source_dir / name).read_bytes())
-  digest.update(tf.__version__.encode())
-  # The flags without compiler and paths: the same flags give the same key
-  # whichever compiler binary or cache directory is used.
-  flags = build_command("CXX", ["SRC"], "OUT")[1:]
-  digest.update("\0".join(flags).encode())
-  return f"{_LIBRARY_STEM}_{digest.hexdigest()[:16]}.so"
+  return f"{_LIBRARY_STEM}_{kernel_recipe.recipe_key(source_dir)}.so"
+
+
+def _key_file(library: pathlib.Path) -> pathlib.Path:
+  return library.with_name(library.name + ".key")
+
+
+def bazel_library(workspace=None):
+  """This checkout's Bazel-built library if it is current, else None.
+
+  Args:
+    workspace: the Bazel workspace; default the checkout this module is in.
+  Returns:
+    The path of `bazel-bin/tfsym3d/render/rasterizer_op.so` if it exists and
+    the recipe key Bazel wrote next to it is `kernel_recipe.recipe_key()`;
+    None otherwise (a stale build is logged and ignored).
+  """
+  if workspace is None:
+    workspace = pathlib.Path(__file__).resolve().parents[2]
+  library = pathlib.Path(workspace) / BAZEL_LIBRARY
+  if not library.is_file():
+    return None
+  key_file = _key_file(library)
+  key = key_file.read_text().strip() if key_file.is_file() else None
+  if key != kernel_recipe.recipe_key():
+    logging.warning(
+        "Ignoring the Bazel-built rasterizer kernel %s: its recipe key %s is "
+        "not the current one %s (another TensorFlow or kernel source?). "
+        "Rebuild it with `bazel sync --configure && bazel build "
+        "//tfsym3d/render:rasterizer_op`.", library, key,
+        kernel_recipe.recipe_key())
+    return None
+  return library
 
 
 def find_compiler() -> str:
@@ -147,6 +133,8 @@ def find_compiler() -> str:
 def build_kernel_library(directory=None) -> pathlib.Path:
   """Returns the path of the compiled op library, compiling it if not cached.
 
+  The on-first-use build (3. in the module docstring), whatever else exists.
+
   Args:
     directory: cache directory; default `cache_dir()`.
   Raises:
@@ -169,8 +157,9 @@ def build_kernel_library(directory=None) -> pathlib.Path:
                                   dir=directory)
       os.close(fd)
       try:
-        argv = build_command(compiler, [source_dir / s for s in KERNEL_SOURCES],
-                             temp)
+        argv = kernel_recipe.gcc_command(
+            compiler, [source_dir / s for s in kernel_recipe.KERNEL_SOURCES],
+            temp)
         logging.info("Compiling the tensorflow-graphics rasterizer kernel "
                      "(once, ~15 s): %s", " ".join(argv))
         result = subprocess.run(argv, capture_output=True, text=True,
@@ -194,19 +183,58 @@ def build_kernel_library(directory=None) -> pathlib.Path:
       fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def kernel_library(directory=None, workspace=None) -> pathlib.Path:
+  """The library to load: $TFSYM3D_RASTERIZER_LIBRARY, Bazel's, or our build.
+
+  Args:
+    directory: cache directory of the on-first-use build; default
+      `cache_dir()`.
+    workspace: where to look for the Bazel build; default this checkout.
+  Raises:
+    RuntimeError: $TFSYM3D_RASTERIZER_LIBRARY names a missing file or one
+      whose `.key` names another recipe; or the on-first-use build failed.
+  """
+  wanted = os.environ.get(LIBRARY_ENV)
+  if wanted:
+    library = pathlib.Path(wanted).expanduser()
+    if not library.is_file():
+      raise RuntimeError(
+          f"{LIBRARY_ENV}={wanted!r} is not a file: point it at a built "
+          "rasterizer kernel (e.g. bazel-bin/tfsym3d/render/rasterizer_op.so "
+          f"after `bazel build //tfsym3d/render:rasterizer_op`) or unset it.")
+    key_file = _key_file(library)
+    if key_file.is_file():
+      key, current = key_file.read_text().strip(), kernel_recipe.recipe_key()
+      if key != current:
+        raise RuntimeError(
+            f"{LIBRARY_ENV}={wanted!r} was built from another recipe ({key_file}"
+            f" says {key}, the installed TensorFlow and sources give "
+            f"{current}): rebuild it (`bazel sync --configure && bazel build "
+            "//tfsym3d/render:rasterizer_op`) or unset the variable.")
+    return library
+  return bazel_library(workspace) or build_kernel_library(directory)
+
+
 def load_kernel(directory=None):
   """The loaded op module (with `rasterize_triangles`), built on first use.
 
-  Loaded once per process: TensorFlow cannot register the op twice, so later
-  calls return the first library whatever `directory` says.
+  Loaded once per process (from `kernel_library(directory)`): TensorFlow
+  cannot register the op twice, so later calls return the first library
+  whatever `directory` says.
   """
-  global _loaded_ops
+  global _loaded_ops, _loaded_library
   with _load_lock:
     if _loaded_ops is None:
-      library = build_kernel_library(directory)
+      library = kernel_library(directory)
       _loaded_ops = tf.load_op_library(str(library))
+      _loaded_library = library
       logging.info("Loaded the rasterizer kernel from %s", library)
     return _loaded_ops
+
+
+def loaded_library():
+  """Path of the library `load_kernel` loaded in this process, or None."""
+  return _loaded_library
 
 
 def clip_matrix(camera: Camera) -> tf.Tensor:

@@ -66,15 +66,18 @@ def run_flagfile(argv: List[str]) -> List[str]:
 def export_checkpoint(checkpoint: str, out: str, formats=FORMATS) -> dict:
   """Builds the model from the model flags, restores `checkpoint` and writes
   `formats`; returns what was written (format -> path(s))."""
-  config = tflags.model_config()
+  # Inference never runs the perceptual loss: no VGG16 weights are read.
+  config = tflags.model_config().replace(vgg_weights="none")
   model = runs.build_model(config)
   try:
     prefix = runs.restore_weights(model, checkpoint)
   except (ValueError, AssertionError) as error:
+    # The error lists unmatched variables with their values: keep its start.
+    detail = str(error).split(", value=", 1)[0][:400]
     raise app.UsageError(
         f"--checkpoint={checkpoint}: its weights do not fit the model the flags "
-        f"describe ({error}); pass the run's flags, e.g. --flagfile=<run>/flags.txt"
-    ) from None
+        f"describe ({detail} ...); pass the run's flags, e.g. "
+        "--flagfile=<run>/flags.txt") from None
   written = {}
   if "savedmodel" in formats:
     logging.info("writing the SavedModel")

@@ -22,6 +22,12 @@ LEAN_OUTPUTS = ("depth", "albedo", "light", "view")
 FULL_OUTPUTS = ("depth", "albedo", "normal", "shading", "canonical_image", "light",
                 "view")
 CONF_OUTPUTS = ("conf_sigma_l1", "conf_sigma_percl")
+# Name scope of the depth computation in the lean graph: full-int8 TFLite
+# keeps its ops after netD (mean subtraction, tanh, rescaling to
+# [min_depth, max_depth], border) in float32. An int8 tensor's range must
+# contain 0, so int8 depth near 1.0 has steps of ~1.1 / 255 = 0.0043 in model
+# units, on its own about twice the parity budget (1% of the 0.2 range).
+FLOAT_HEAD_SCOPE = "float_head"
 
 
 def output_names(model, lean: bool = False):
@@ -64,7 +70,9 @@ def decode_images(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
 def lean_outputs(model, x: tf.Tensor) -> Dict[str, tf.Tensor]:
   """depth, albedo in [0, 1], light, view of images x [N, S, S, 3] in [-1, 1]."""
   light, _ = model.light(x)
-  return {"depth": model.depth(x), "albedo": model.net_albedo(x) / 2 + 0.5,
+  with tf.name_scope(FLOAT_HEAD_SCOPE):
+    depth = model.depth(x)
+  return {"depth": depth, "albedo": model.net_albedo(x) / 2 + 0.5,
           "light": light, "view": model.view(x)}
 
 

@@ -21,7 +21,7 @@ import dataclasses
 import json
 import os
 import tempfile
-from typing import Callable, Dict, Iterable, Optional
+from typing import Callable, Dict, Iterable, List, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -171,8 +171,8 @@ def tflite_models(model, variants: Iterable[str] = TFLITE_VARIANTS,
   float32; float16 (weights stored in float16, computed in float32);
   int8_dynamic (int8 weights, activations quantised on the fly); int8_full
   (int8 weights and activations calibrated on `representative`, uint8
-  [n, S, S, 3]; every op int8, uint8 input, float32 outputs dequantised
-  inside).
+  [n, S, S, 3]; every network op int8, the depth head after netD float32
+  (see graph.FLOAT_HEAD_SCOPE), uint8 input, float32 outputs).
   """
   variants = list(variants)
   for variant in variants:
@@ -193,16 +193,44 @@ def tflite_models(model, variants: Iterable[str] = TFLITE_VARIANTS,
       if variant == "float16":
         converter.target_spec.supported_types = [tf.float16]
       if variant == "int8_full":
-        def dataset():
-          for image in representative:
-            yield {"images": image[None]}
-
-        converter.representative_dataset = dataset
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8
-        converter.inference_output_type = tf.float32
+        models[variant] = _full_int8(converter, tmp, representative)
+        continue
       models[variant] = converter.convert()
   return models
+
+
+def _float_head_nodes(saved_model_dir: str) -> List[str]:
+  """Names of the TFLite tensors that full int8 leaves in float32: the depth
+  computation after netD (graph.FLOAT_HEAD_SCOPE) and the depth output."""
+  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+  flatbuffer = tf.lite.TFLiteConverter.from_saved_model(
+      saved_model_dir, signature_keys=["serving_default"]).convert()
+  interpreter = Interpreter(model_content=flatbuffer)
+  names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
+  depth = interpreter.get_signature_runner("serving_default").get_output_details()["depth"]
+  prefix = graph.FLOAT_HEAD_SCOPE + "/"
+  nodes = [n for n in names.values() if n.startswith(prefix) and "netD" not in n]
+  if not nodes:
+    raise RuntimeError(f"full int8: no tensor under {prefix!r} in the TFLite graph; "
+                       "the depth head would be quantised")
+  return nodes + [names[depth["index"]]]
+
+
+def _full_int8(converter, saved_model_dir: str, representative: np.ndarray) -> bytes:
+  """Full-integer conversion (int8 weights and activations calibrated on
+  `representative`) except the float depth head (graph.FLOAT_HEAD_SCOPE),
+  through TFLite's selective quantisation (QuantizationDebugger with
+  denylisted nodes). The uint8 input stays uint8; outputs are float32."""
+  def dataset():
+    for image in representative:
+      yield [image[None]]
+
+  converter.representative_dataset = dataset
+  options = tf.lite.experimental.QuantizationDebugOptions(
+      denylisted_nodes=_float_head_nodes(saved_model_dir))
+  debugger = tf.lite.experimental.QuantizationDebugger(
+      converter=converter, debug_dataset=dataset, debug_options=options)
+  return debugger.get_nondebug_quantized_model()
 
 
 def write_tflite(model, out: str, model_name: str = "tfsym3d",

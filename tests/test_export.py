@@ -26,9 +26,11 @@ from tfsym3d.config import ModelConfig
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 16
 # Tiny, with a confidence net (its outputs are part of the SavedModel set).
-CONFIG = ModelConfig(image_size=SIZE, nf=8, zdim=16, nf_encoder=8, nf_conf=4,
+# Width 16: at width 8 the random network's full-int8 depth error sat at
+# 0.0019-0.0021 (budget 0.002), at 16 at 0.0018 (README, Export).
+CONFIG = ModelConfig(image_size=SIZE, nf=16, zdim=32, nf_encoder=8, nf_conf=4,
                      zdim_conf=8, vgg_weights="none", lam_perc=0.0)
-MODEL_FLAGS = ["--image_size=16", "--nf=8", "--zdim=16", "--nf_encoder=8",
+MODEL_FLAGS = ["--image_size=16", "--nf=16", "--zdim=32", "--nf_encoder=8",
                "--nf_conf=4", "--zdim_conf=8", "--vgg_weights=none", "--lam_perc=0"]
 NUM_PARITY = 32
 DEPTH_RANGE = CONFIG.max_depth - CONFIG.min_depth
@@ -89,7 +91,7 @@ def test_layout_and_metadata(exported):
   assert (sm / "saved_model.pb").exists() and (sm / "variables").is_dir()
   meta = writers.read_metadata(str(sm))
   assert meta["format"] == "savedmodel" and meta["image_size"] == SIZE
-  assert meta["config"]["nf"] == 8 and meta["config"]["zdim_conf"] == 8
+  assert meta["config"]["nf"] == 16 and meta["config"]["zdim_conf"] == 8
   assert meta["source_checkpoint"].endswith("ckpt-5")
   assert meta["tfsym3d_version"] and meta["model_name"] == "tfsym3d" and meta["version"] == 1
   tfl = writers.read_metadata(str(out / "tflite" / "tfsym3d_int8_full.tflite"))
@@ -121,7 +123,7 @@ def test_saved_model_cli_shows_the_signatures(exported):
               "view": "(-1, 6)", "conf_sigma_l1": f"(-1, {SIZE}, {SIZE}, 2)",
               "conf_sigma_percl": f"(-1, {SIZE // 4}, {SIZE // 4}, 2)"}
   for block in (default, encoded):
-    outputs = block.split("outputs:", 1)[1]
+    outputs = block.split("following output(s):", 1)[1]
     for name, shape in expected.items():
       entry = outputs.split(f"outputs['{name}'] tensor_info:", 1)[1][:200]
       assert "dtype: DT_FLOAT" in entry and f"shape: {shape}" in entry, (name, entry)
@@ -199,9 +201,12 @@ def test_wrong_dtype_or_rank_fails_clearly(exported):
   _, _, out = exported
   loaded = tf.saved_model.load(str(out / "tfsym3d" / "1"))
   serve = loaded.signatures["serving_default"]
-  with pytest.raises((TypeError, ValueError), match="uint8|images"):
+  # The signature itself refuses (TF's binding error, or the runtime's
+  # InvalidArgumentError once that falls through), naming what it wanted.
+  refused = (TypeError, ValueError, tf.errors.InvalidArgumentError)
+  with pytest.raises(refused, match="uint8"):
     serve(images=tf.zeros([1, SIZE, SIZE, 3], tf.float32))
-  with pytest.raises((TypeError, ValueError), match="images|shape"):
+  with pytest.raises(refused, match=r"4-dimensional|images|rank"):
     serve(images=tf.zeros([SIZE, SIZE, 3], tf.uint8))
   runner = runtime.SavedModelRunner(str(out / "tfsym3d" / "1"))
   with pytest.raises(ValueError, match="dtype float32, expected uint8"):
@@ -266,7 +271,7 @@ def test_checkpoint_of_another_config_is_a_usage_error(exported, tmp_path):
   env = _env()
   run = subprocess.run(
       [sys.executable, "-m", "export", "--checkpoint", str(run_dir / "ckpt"),
-       "--flagfile", str(run_dir / "flags.txt"), "--nf=4", "--format", "savedmodel",
+       "--flagfile", str(run_dir / "flags.txt"), "--nf=8", "--format", "savedmodel",
        "--out", str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True,
       timeout=600, check=False)
   assert run.returncode != 0

@@ -12,8 +12,8 @@ Signatures (the interface `tfsym3d.reconstruct` loads):
     serving_bytes: `image_bytes` string [N] of encoded JPEG / PNG; both return
     the full output set of `graph.full_outputs` (float32).
   TFLite serving_default: `images` uint8 [1, S, S, 3]; float32 outputs depth,
-    albedo, light, view (every variant, int8_full included: it dequantises
-    its outputs inside).
+    albedo, light, view (every variant, int8_full included: its depth head
+    runs in float32, the other outputs are dequantised inside).
   ONNX: input `images` uint8 [N, S, S, 3]; outputs depth, albedo, light, view.
 """
 

@@ -276,3 +276,20 @@ def test_checkpoint_of_another_config_is_a_usage_error(exported, tmp_path):
       timeout=600, check=False)
   assert run.returncode != 0
   assert "do not fit the model the flags describe" in run.stderr
+
+
+def test_representative_folder_images(tmp_path):
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  (tmp_path / "sub").mkdir()
+  for i, (w, h) in enumerate([(30, 20), (16, 40), (64, 64)]):
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+        tmp_path / "sub" / f"{i}.png")
+  (tmp_path / "notes.txt").write_text("not an image")
+  images = writers.folder_images(str(tmp_path), SIZE, num=2)
+  assert images.shape == (2, SIZE, SIZE, 3) and images.dtype == np.uint8
+  flat = np.full((SIZE * 2, SIZE * 2, 3), 77, np.uint8)
+  Image.fromarray(flat).save(tmp_path / "sub" / "0.png")
+  np.testing.assert_array_equal(writers.folder_images(str(tmp_path), SIZE, 1)[0], 77)
+  with pytest.raises(FileNotFoundError, match="no .jpg"):
+    writers.folder_images(str(tmp_path / "sub" / "empty"), SIZE, 1)

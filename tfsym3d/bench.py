@@ -521,15 +521,19 @@ INFERENCE_FORMATS = ("keras", "savedmodel") + tuple(_TFLITE_KEYS) + ("onnx",)
 
 
 def _export_package():
-  """The export package: installed as tfsym3d_export, or export/ of a checkout."""
-  try:
-    import tfsym3d_export as package  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    import export as package  # pylint: disable=g-import-not-at-top
-  from importlib import import_module  # pylint: disable=g-import-not-at-top
-  return (import_module(package.__name__ + ".writers"),
-          import_module(package.__name__ + ".runtime"),
-          import_module(package.__name__ + ".graph"))
+  """(writers, runtime, graph) of the export package that sits beside this
+  tfsym3d: export/ of the same checkout when it is importable as `export`
+  (running from the repository), else the installed tfsym3d_export."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  sibling = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         "export")
+  spec = importlib.util.find_spec("export")
+  same_checkout = bool(spec and spec.origin and
+                       os.path.dirname(os.path.abspath(spec.origin)) == sibling)
+  name = "export" if same_checkout else "tfsym3d_export"
+  return tuple(importlib.import_module(f"{name}.{module}")
+               for module in ("writers", "runtime", "graph"))
 
 
 def _megabytes(path: str) -> float:

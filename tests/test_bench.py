@@ -7,6 +7,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 from tfsym3d import bench
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -95,3 +97,43 @@ def test_data_benchmark_tiny():
   assert "paired_source" in result
   table = bench.format_table(result)
   assert "folder" in table and "synthetic tf_dataset" in table
+
+
+TINY_MODEL = ["--nf", "4", "--zdim", "8", "--nf_encoder", "4", "--nf_conf", "4",
+              "--zdim_conf", "8"]
+
+
+def _inference(formats, threads="1,2"):
+  env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+             TF_CPP_MIN_LOG_LEVEL="2")
+  run = subprocess.run(
+      [sys.executable, "-m", "tfsym3d.bench", "inference", "--json", "--image_size", "16",
+       *TINY_MODEL, "--repeats", "3", "--warmup", "1", "--threads", threads,
+       "--inference_formats", formats], cwd=REPO, env=env, capture_output=True,
+      text=True, timeout=900, check=False)
+  assert run.returncode == 0, run.stderr[-3000:]
+  return json.loads(run.stdout)
+
+
+def test_inference_command_line_reports_latency_and_size():
+  result = _inference("tflite_fp16,tflite_int8,onnx")
+  assert ENVIRONMENT_KEYS <= result.keys()
+  assert list(result["formats"]) == ["tflite_fp16", "tflite_int8", "onnx"]
+  for name, entry in result["formats"].items():
+    assert "error" not in entry, (name, entry)
+    assert _positive(entry["ms_1thread"]) and _positive(entry["ms_2threads"]), name
+    assert _positive(entry["mb"]), name
+  # int8 weights: about a quarter of float32's; float16 about half.
+  assert result["formats"]["tflite_int8"]["mb"] < result["formats"]["tflite_fp16"]["mb"]
+  assert _positive(result["tflite_int8_speedup_vs_reference_torch"])
+  assert "tflite_int8" in bench.format_table(result)
+
+
+@pytest.mark.slow
+def test_inference_command_line_every_format():
+  result = _inference(",".join(bench.INFERENCE_FORMATS))
+  assert list(result["formats"]) == list(bench.INFERENCE_FORMATS)
+  for name, entry in result["formats"].items():
+    assert "error" not in entry, (name, entry)
+    assert _positive(entry["ms_1thread"]) and _positive(entry["ms_2threads"]), name
+    assert _positive(entry["mb"]), name

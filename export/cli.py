@@ -41,26 +41,9 @@ flags.DEFINE_integer("opset", 17, "ONNX opset.")
 
 
 def run_flagfile(argv: List[str]) -> List[str]:
-  """argv with `--flagfile=<run>/flags.txt` first when --checkpoint names a
-  run (directory or checkpoint prefix) that has one and argv has no
-  --flagfile."""
-  if any(a.startswith("--flagfile") for a in argv):
-    return argv
-  checkpoint = None
-  for i, arg in enumerate(argv):
-    if arg.startswith("--checkpoint="):
-      checkpoint = arg.split("=", 1)[1]
-    elif arg == "--checkpoint" and i + 1 < len(argv):
-      checkpoint = argv[i + 1]
-  if not checkpoint:
-    return argv
-  path = os.path.abspath(checkpoint)
-  candidates = [path, os.path.dirname(path), os.path.dirname(os.path.dirname(path))]
-  for directory in candidates:
-    flagfile = os.path.join(directory, "flags.txt")
-    if os.path.isfile(flagfile):
-      return argv[:1] + [f"--flagfile={flagfile}"] + argv[1:]
-  return argv
+  """argv with the run's flags.txt first when --checkpoint names a run
+  (`runs.argv_with_run_flagfile`)."""
+  return runs.argv_with_run_flagfile(argv, "checkpoint")
 
 
 def export_checkpoint(checkpoint: str, out: str, formats=FORMATS) -> dict:

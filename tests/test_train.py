@@ -303,3 +303,22 @@ def test_init_from_loads_weights_only(tmp_path):
   empty.mkdir()
   with pytest.raises(FileNotFoundError, match="no checkpoint"):
     runs.restore_weights(target, str(empty))
+
+
+def test_a_run_given_alone_brings_its_flags(tmp_path):
+  from tfsym3d import runs
+  run = tmp_path / "run"
+  (run / "ckpt").mkdir(parents=True)
+  (run / "flags.txt").write_text("--nf=4\n")
+  flag = f"--flagfile={run / 'flags.txt'}"
+  # The run directory, its ckpt/ directory or a prefix in it; either spelling.
+  for given in (["--model", str(run)], [f"--model={run / 'ckpt'}"],
+                [f"--model={run / 'ckpt' / 'ckpt-3'}", "--nf=8"]):
+    assert runs.argv_with_run_flagfile(["prog"] + given, "model") == ["prog", flag] + given
+  # An explicit flagfile wins; a path with no flags.txt near it is left alone.
+  argv = ["prog", "--flagfile=x.cfg", f"--model={run}"]
+  assert runs.argv_with_run_flagfile(argv, "model") == argv
+  assert runs.argv_with_run_flagfile(["prog", f"--model={tmp_path}"], "model") == \
+      ["prog", f"--model={tmp_path}"]
+  assert runs.argv_with_run_flagfile(["prog", f"--checkpoint={run}"], "model") == \
+      ["prog", f"--checkpoint={run}"]

@@ -10,7 +10,8 @@ With --dump_images N, test mode also writes, for the first N images, the
 pictures of `tfsym3d.visualize.dump_results` and their light and view.
 
 The model's settings (image size, widths, ...) come from the flags, as for
-training: pass the run's flagfile, e.g. `--flagfile=runs/x/flags.txt`.
+training: the run's flags.txt is read first when --checkpoint names a run
+and no --flagfile is given (`--flagfile=runs/x/flags.txt` otherwise).
 """
 
 import csv
@@ -214,4 +215,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, argv=runs.argv_with_run_flagfile(sys.argv, "checkpoint"))

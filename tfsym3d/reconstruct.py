@@ -1,8 +1,8 @@
 """Reconstruction of single photos into 3D:
 `python -m tfsym3d.reconstruct --input FILES_OR_DIRS --output DIR --model MODEL`.
 
-MODEL is a tfsym3d checkpoint (run directory or prefix; pass the run's flags,
-e.g. --flagfile=RUN_DIR/flags.txt, as for evaluation), an exported SavedModel
+MODEL is a tfsym3d checkpoint (run directory or prefix; the run's flags.txt
+is read first unless --flagfile is given, as for evaluation), an exported SavedModel
 directory or a .tflite file (see `tfsym3d.predictors`). The model gives the
 canonical depth, albedo, light and viewpoint of each image; everything else
 is computed here from those four with the model's own math (normals and
@@ -52,6 +52,7 @@ from tfsym3d import flags as tflags
 from tfsym3d import mesh_io
 from tfsym3d import model as model_lib
 from tfsym3d import predictors
+from tfsym3d import runs
 from tfsym3d import visualize
 from tfsym3d.data import folders
 from tfsym3d.render.warp import Renderer
@@ -371,4 +372,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, argv=runs.argv_with_run_flagfile(sys.argv, "model"))

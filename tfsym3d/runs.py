@@ -3,7 +3,7 @@ built from its config, checkpoint lookup and weight restore, and the data
 source the data flags describe."""
 
 import os
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 from absl import app
 from absl import flags
@@ -82,3 +82,26 @@ def data_source_from_flags(image_size: int) -> sources.DataSource:
   return sources.DataSource(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
                             image_size=image_size, batch_size=FLAGS.batch_size,
                             crop=crop, seed=FLAGS.seed)
+
+
+def argv_with_run_flagfile(argv: List[str], flag: str = "checkpoint") -> List[str]:
+  """argv with `--flagfile=<run>/flags.txt` inserted first when `--<flag>`
+  names a run (its directory, its ckpt/ directory or a checkpoint prefix)
+  whose flags.txt exists and argv gives no --flagfile: a run's checkpoint is
+  then enough to rebuild its model. Later flags still override the file's."""
+  if any(a.startswith("--flagfile") for a in argv):
+    return argv
+  path = None
+  for i, arg in enumerate(argv):
+    if arg.startswith(f"--{flag}="):
+      path = arg.split("=", 1)[1]
+    elif arg == f"--{flag}" and i + 1 < len(argv):
+      path = argv[i + 1]
+  if not path:
+    return argv
+  path = os.path.abspath(path)
+  for directory in (path, os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
+    flagfile = os.path.join(directory, "flags.txt")
+    if os.path.isfile(flagfile):
+      return argv[:1] + [f"--flagfile={flagfile}"] + argv[1:]
+  return argv

@@ -1,8 +1,8 @@
 """Training: `python -m tfsym3d.train --flagfile=configs/<name>.cfg`.
 
 The step is `Unsup3D.train_step` run by Keras' `fit` (a `tf.function`; the
-networks as one XLA program with --jit_compile) under a tf.distribute strategy (--strategy):
-MirroredStrategy over every visible GPU (or the one CPU) by default,
+networks as one XLA program with --jit_compile) under a tf.distribute
+strategy (--strategy): MirroredStrategy over every visible GPU (or the CPU),
 OneDeviceStrategy, or MultiWorkerMirroredStrategy over the processes that
 TF_CONFIG names. Batches are global and split over the replicas: replica r of
 R gets rows [r * B / R, (r + 1) * B / R) of the batch a one-process run sees
@@ -361,7 +361,7 @@ def _tf_config() -> Dict:
   return spec
 
 
-def make_strategy(name: str, precision: str = "float32") -> tf.distribute.Strategy:
+def make_strategy(name: str) -> tf.distribute.Strategy:
   """The tf.distribute strategy --strategy names.
 
   Call before any other TensorFlow work: MultiWorkerMirroredStrategy

@@ -179,3 +179,29 @@ def test_two_workers_equal_one_process_write_once_and_resume(tmp_path):
   w0, w1 = _weights(out / "worker0.npz"), _weights(out / "worker1.npz")
   assert _max_diff(w0, w1) == 0.0
   assert _max_diff(w0, reference) > 1e-4     # two more steps moved them
+
+
+def test_workers_that_resume_from_different_steps_stop_with_a_clear_error(tmp_path):
+  """Worker 1 cannot see the chief's checkpoint (a run directory that is not
+  shared): both workers stop before training, saying why."""
+  from tfsym3d import runs
+  from tfsym3d.config import ModelConfig
+  tiny = ModelConfig(image_size=32, nf=8, zdim=32, nf_encoder=8, nf_conf=8,
+                     zdim_conf=16, vgg_weights="none", lam_perc=0.0)
+  chief_dir = tmp_path / "chief"
+  step = tf.Variable(2, dtype=tf.int64)
+  tf.train.CheckpointManager(runs.checkpoint_for(runs.build_model(tiny), step=step),
+                             str(chief_dir / "ckpt"), max_to_keep=1).save(2)
+  workers = [f"localhost:{port}" for port in _free_ports(2)]
+  group = [_start(run_dir, tmp_path / f"w{i}.npz", ["--strategy=multi_worker", "--epochs=2"],
+                  TF_CONFIG=json.dumps({"cluster": {"worker": workers},
+                                        "task": {"type": "worker", "index": i}}))
+           for i, run_dir in enumerate([chief_dir, tmp_path / "elsewhere"])]
+  for p in group:
+    try:
+      _, err = p.communicate(timeout=300)
+    finally:
+      if p.poll() is None:
+        p.kill()
+    assert p.returncode != 0
+    assert "the workers resumed from different steps (0 to 2)" in err, err[-2000:]

@@ -2,6 +2,11 @@
 with each gives a finite, falling loss on a fixed batch (in process, a
 reduced-width model)."""
 
+import os
+import pathlib
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -161,3 +166,24 @@ def test_unknown_precision_is_refused():
     Unsup3D(CONFIG, precision="float16")
   with pytest.raises(ValueError, match="mixed_bfloat16"):
     EDDeconv(1, dtype="bfloat16")
+
+
+@pytest.mark.slow
+def test_train_cli_mixed_precision_and_xla_checkpoints_load_in_float32(tmp_path):
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(repo))
+  result = subprocess.run(
+      [sys.executable, "-m", "tfsym3d.train", f"--flagfile={repo / 'configs' / 'tiny.cfg'}",
+       f"--run_dir={tmp_path}", "--epochs=1", "--steps_per_epoch=3", "--eval_images=0",
+       "--val_images=0", "--images_every=0", "--noprogress", "--strategy=one_device",
+       "--mixed_precision", "--jit_compile"],
+      capture_output=True, text=True, env=env, cwd=repo, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "networks in mixed_bfloat16" in result.stderr
+  # The checkpoint holds float32 weights that a float32 model loads.
+  tiny = ModelConfig(image_size=32, nf=8, zdim=32, nf_encoder=8, nf_conf=8,
+                     zdim_conf=16, vgg_weights="none", lam_perc=0.0)
+  model = runs.build_model(tiny)
+  assert runs.restore_weights(model, str(tmp_path)).endswith("ckpt-3")
+  for weight in model.get_weights():
+    assert weight.dtype == np.float32 and np.isfinite(weight).all()

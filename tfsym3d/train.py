@@ -420,6 +420,26 @@ def distributed_stream(strategy: tf.distribute.Strategy, data: sources.DataSourc
   return strategy.distribute_datasets_from_function(per_worker)
 
 
+def _check_workers_agree(strategy: tf.distribute.Strategy, step: tf.Variable,
+                         run_dir: str) -> None:
+  """Multi-worker: raises unless every worker restored the same step (a
+  worker that cannot see the chief's checkpoints would start elsewhere and
+  train other batches in lock step)."""
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return
+  mine = tf.cast(step.read_value(), tf.float64)
+
+  def gather():
+    return tf.distribute.get_replica_context().all_gather(mine[None], axis=0)
+
+  steps = strategy.experimental_local_results(strategy.run(gather))[0].numpy()
+  if steps.min() != steps.max():
+    raise app.UsageError(
+        f"the workers resumed from different steps ({int(steps.min())} to "
+        f"{int(steps.max())}): --run_dir={run_dir} must be one directory every worker "
+        "sees (a shared file system) holding the chief's checkpoints")
+
+
 def train(config: ModelConfig, data: sources.DataSource, run_dir: str,
           epochs: int, steps_per_epoch: int = 0,
           strategy: tf.distribute.Strategy = None,
@@ -490,6 +510,7 @@ def _train(config, data, run_dir, write_dir, chief, epochs, steps_per_epoch,
   elif FLAGS.init_from:
     prefix = runs.restore_weights(model, FLAGS.init_from)
     logging.info("weights initialised from %s", prefix)
+  _check_workers_agree(strategy, step, run_dir)
   if chief:
     _write_flags(run_dir)
 

@@ -293,7 +293,7 @@ class Unsup3D(keras.Model):
     (decay included) divided by it before Adam. A step whose loss is finite
     but whose scaled gradients overflow is a loss-scale overflow, not a bad
     step: it is skipped and the scale halved, and the guard does not count it
-    (unless the scale is already below 1).
+    (unless the scale is already down to 1).
     """
     images = _images_of(data)
     variables = self.trainable_variables

@@ -121,7 +121,20 @@ flags.DEFINE_integer("images_every", 500, "TensorBoard image grids, histograms a
 flags.DEFINE_integer("max_nonfinite_steps", 5, "Stop after this many non-finite "
                      "(NaN/Inf) steps in a row; each one is skipped.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
-flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
+flags.DEFINE_bool("jit_compile", False, "Compile the five networks (forward and "
+                  "backward) of the train step as one XLA program (the "
+                  "rasterizer's data-dependent search stays outside).")
+flags.DEFINE_enum("strategy", "mirrored", ["mirrored", "multi_worker", "one_device"],
+                  "tf.distribute strategy: 'mirrored' (every local GPU, or the "
+                  "CPU), 'one_device' (the first GPU, or the CPU) or "
+                  "'multi_worker' (MultiWorkerMirroredStrategy over the cluster "
+                  "in the TF_CONFIG environment variable; start one process per "
+                  "worker, all with the same flags and a shared --run_dir).")
+flags.DEFINE_bool("mixed_precision", False, "Networks compute in mixed_float16 "
+                  "(with dynamic loss scaling) on GPU or mixed_bfloat16 on CPU; "
+                  "GroupNorm, output activations, geometry, renderer and losses "
+                  "stay float32.")
+flags.DEFINE_float("adam_epsilon", 1e-8, "Adam's epsilon (reference 1e-8).")
 
 # ----------------------------------------------------------- evaluation ----
 

@@ -121,18 +121,37 @@ class Unsup3D(keras.Model):
 
   Args:
     config: the model's constants; see `tfsym3d.config.ModelConfig`.
+    precision: "float32", or "mixed_bfloat16" / "mixed_float16": the five
+      networks' convolutions then compute in 16 bits (float32 variables).
+      Everything else stays float32: the networks' GroupNorm layers and
+      output activations, the factor rescaling, geometry, renderer, losses
+      and the frozen VGG. Weights and checkpoints are the same either way.
+    jit_compile: run the five networks (forward and backward) as one XLA
+      program. The whole step cannot be one: the rasterizer's visibility
+      search has data-dependent shapes (it compiles its own fixed-shape
+      stages with XLA either way).
   """
 
-  def __init__(self, config: ModelConfig = ModelConfig(), **kwargs):
-    super().__init__(**kwargs)
+  def __init__(self, config: ModelConfig = ModelConfig(), precision: str = "float32",
+               jit_compile: bool = False, **kwargs):
+    # The model itself computes in float32 whatever the networks do.
+    super().__init__(dtype="float32", **kwargs)
     self.config = config
+    self.precision = nets.check_precision(precision)
     size = config.image_size
-    self.net_depth = nets.EDDeconv(1, config.zdim, config.nf, None, size, name="netD")
-    self.net_albedo = nets.EDDeconv(3, config.zdim, config.nf, "tanh", size, name="netA")
-    self.net_light = nets.Encoder(4, config.nf_encoder, size, name="netL")
-    self.net_view = nets.Encoder(6, config.nf_encoder, size, name="netV")
-    self.net_conf = (nets.ConfNet(config.zdim_conf, config.nf_conf, size, name="netC")
+    p = dict(dtype=precision)
+    self.net_depth = nets.EDDeconv(1, config.zdim, config.nf, None, size, name="netD",
+                                   **p)
+    self.net_albedo = nets.EDDeconv(3, config.zdim, config.nf, "tanh", size,
+                                    name="netA", **p)
+    self.net_light = nets.Encoder(4, config.nf_encoder, size, name="netL", **p)
+    self.net_view = nets.Encoder(6, config.nf_encoder, size, name="netV", **p)
+    self.net_conf = (nets.ConfNet(config.zdim_conf, config.nf_conf, size, name="netC",
+                                  **p)
                      if config.use_conf_map else None)
+    self.jit_compile_networks = bool(jit_compile)
+    self._networks_fn = (tf.function(self._run_networks, jit_compile=True)
+                         if jit_compile else self._run_networks)
     self.renderer = Renderer(config)
     self.perceptual = (losses_lib.PerceptualLoss(config.vgg_weights, config.vgg_input)
                        if config.lam_perc > 0 else losses_lib.PerceptualLoss("none"))
@@ -173,28 +192,35 @@ class Unsup3D(keras.Model):
 
   # -- the four factors ----------------------------------------------------
 
-  def depth(self, images):
-    """Canonical depth [B, S, S] (METHOD 2)."""
+  def _run_networks(self, images):
+    """The networks' raw outputs: (depth, albedo, light, view, confidence)."""
+    conf = self.net_conf(images) if self.net_conf is not None else None
+    return (self.net_depth(images), self.net_albedo(images), self.net_light(images),
+            self.net_view(images), conf)
+
+  def depth(self, images, raw=None):
+    """Canonical depth [B, S, S] (METHOD 2); `raw`: netD's output if known."""
     cfg = self.config
-    raw = self.net_depth(images)[..., 0]
+    raw = (self.net_depth(images) if raw is None else raw)[..., 0]
     raw = raw - tf.reduce_mean(raw, axis=[1, 2], keepdims=True)
     depth = _rescale(tf.tanh(raw), cfg.min_depth, cfg.max_depth)
     border = self._depth_border
     return depth * (1 - border) + border * cfg.border_depth
 
-  def light(self, images):
-    """(light [B, 4], direction [B, 3]) (METHOD 2)."""
+  def light(self, images, raw=None):
+    """(light [B, 4], direction [B, 3]) (METHOD 2); `raw`: netL's output."""
     cfg = self.config
-    raw = self.net_light(images)
+    raw = self.net_light(images) if raw is None else raw
     ambient = _rescale(raw[:, 0:1], cfg.min_amb_light, cfg.max_amb_light)
     diffuse = _rescale(raw[:, 1:2], cfg.min_diff_light, cfg.max_diff_light)
     light = tf.concat([ambient, diffuse, raw[:, 2:4]], axis=1)
     return light, light_direction(light)
 
-  def view(self, images):
-    """Viewpoint [B, 6]: rotations in radians, then translations (METHOD 2)."""
+  def view(self, images, raw=None):
+    """Viewpoint [B, 6]: rotations in radians, then translations (METHOD 2);
+    `raw`: netV's output."""
     cfg = self.config
-    raw = self.net_view(images)
+    raw = self.net_view(images) if raw is None else raw
     return tf.concat([raw[:, 0:3] * math.radians(cfg.xyz_rotation_range),
                       raw[:, 3:5] * cfg.xy_translation_range,
                       raw[:, 5:6] * cfg.z_translation_range], axis=1)
@@ -209,10 +235,10 @@ class Unsup3D(keras.Model):
     """Decomposes images [B, S, S, 3] in [-1, 1] (METHOD 2-5)."""
     images = tf.convert_to_tensor(images, tf.float32)
     batch = tf.shape(images)[0]
-    depth = self.depth(images)
-    albedo = self.net_albedo(images)
-    light, direction = self.light(images)
-    view = self.view(images)
+    raw_depth, albedo, raw_light, raw_view, conf = self._networks_fn(images)
+    depth = self.depth(images, raw_depth)
+    light, direction = self.light(images, raw_light)
+    view = self.view(images, raw_view)
 
     # Both halves at once: predicted factors and their mirror images share
     # the light and the viewpoint (METHOD 3).
@@ -230,9 +256,7 @@ class Unsup3D(keras.Model):
     mask = tf.stop_gradient(recon_mask2[:batch] * recon_mask2[batch:])
     recon_image2 = recon_image2 * tf.tile(mask, [2, 1, 1])[..., None]
 
-    conf_l1 = conf_percl = None
-    if self.net_conf is not None:
-      conf_l1, conf_percl = self.net_conf(images)
+    conf_l1, conf_percl = conf if conf is not None else (None, None)
 
     first, second = lambda t: t[:batch], lambda t: t[batch:]
     return Decomposition(
@@ -286,27 +310,49 @@ class Unsup3D(keras.Model):
     gradients are not finite on any replica is skipped whole (weights and
     Adam state untouched); `nonfinite_streak` counts such steps in a row and
     `skipped_steps` all of them, for `tfsym3d.train`'s guard.
+
+    With a `keras.optimizers.LossScaleOptimizer` (mixed_float16) the loss is
+    multiplied by the dynamic scale before differentiation and the gradients
+    (decay included) divided by it before Adam. A step whose loss is finite
+    but whose scaled gradients overflow is a loss-scale overflow, not a bad
+    step: it is skipped and the scale halved, and the guard does not count it
+    (unless the scale is already down to 1).
     """
     images = _images_of(data)
     variables = self.trainable_variables
+    optimizer = self.optimizer
+    scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
     with tf.GradientTape() as tape:
       terms = self.compute_losses(images, self(images, training=True))
       # fit() sums replica gradients: scale to the global-batch mean.
       replicas = tf.distribute.get_strategy().num_replicas_in_sync
       scaled = terms["total"] / replicas
-    grads = tape.gradient(scaled, variables)
+      to_differentiate = optimizer.scale_loss(scaled) if scaling else scaled
+    grads = tape.gradient(to_differentiate, variables)
     # Variables without a gradient (e.g. the perceptual confidence head when
     # the perceptual term is off) are left out rather than warned about.
     pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
-    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g, _ in pairs]
-                           + [tf.math.is_finite(scaled)])
-    # Replica gradients are summed: each adds its share of the decay.
+    finite_grads = tf.reduce_all(
+        [tf.reduce_all(tf.math.is_finite(g)) for g, _ in pairs])
+    finite_loss = tf.math.is_finite(scaled)
+    # Replica gradients are summed: each adds its share of the decay (times
+    # the loss scale, which the LossScaleOptimizer divides out again).
     decay = self.config.weight_decay / replicas
-    pairs = [(g + decay * v, v) for g, v in pairs]
-    finite = _apply_if_finite(self.optimizer, pairs, finite)
-    self.nonfinite_streak.assign(tf.where(finite, 0, self.nonfinite_streak + 1))
+    if scaling:
+      decay = decay * tf.cast(optimizer.dynamic_scale, tf.float32)
+    pairs = [(g + tf.cast(decay, g.dtype) * v, v) for g, v in pairs]
+    finite, overflow = _apply_if_finite(optimizer, pairs, finite_loss, finite_grads)
+    bad = tf.logical_not(tf.logical_or(finite, overflow))
+    self.nonfinite_streak.assign(tf.where(bad, self.nonfinite_streak + 1, 0))
     self.skipped_steps.assign_add(tf.where(finite, 0, 1))
     terms["nonfinite_streak"] = self.nonfinite_streak.value()
+    if scaling:
+      terms["loss_scale"] = tf.cast(optimizer.dynamic_scale, tf.float32)
+    if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+      # Keras averages step outputs over the workers' replicas with
+      # `strategy.reduce(MEAN, value, axis=0)`, which needs an axis: [1]
+      # vectors reduce to the same scalars as on one worker.
+      terms = {k: v[None] for k, v in terms.items()}
     return terms
 
   def test_step(self, data):
@@ -321,42 +367,72 @@ def _images_of(data):
   return data[0] if isinstance(data, (tuple, list)) else data
 
 
-def _apply_if_finite(optimizer, grads_and_vars, finite):
-  """Applies the gradients only when `finite` holds on every replica.
+def _apply_if_finite(optimizer, grads_and_vars, finite_loss, finite_grads):
+  """Applies the gradients only when loss and gradients are finite on every
+  replica; returns the replica-agreed (applied, overflow) flags.
 
-  Returns the replica-agreed flag. Under a distribution strategy (even with
-  one replica) the update calls `merge_call`, which may not sit inside a
-  replica-context `cond`: the replicas agree on the flag, then the condition
-  is taken in cross-replica context.
+  `overflow` (a loss-scale overflow) is only ever true for a
+  `keras.optimizers.LossScaleOptimizer`: finite loss, non-finite scaled
+  gradients and a scale above 1. Its scale is then halved.
+
+  Under a distribution strategy (even with one replica) the update calls
+  `merge_call`, which may not sit inside a replica-context `cond`: the
+  replicas (and workers) agree on the flags with one all-reduce, then the
+  condition is taken in cross-replica context.
   """
   grads = [g for g, _ in grads_and_vars]
   variables = [v for _, v in grads_and_vars]
+  scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+  if tf.distribute.has_strategy():
+    ctx = tf.distribute.get_replica_context()
+    bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(
+        tf.stack([~finite_loss, ~finite_grads]), tf.int32))
+    finite_loss, finite_grads = tf.equal(bad[0], 0), tf.equal(bad[1], 0)
+  finite = tf.logical_and(finite_loss, finite_grads)
+  overflow = tf.constant(False)
+  if scaling:
+    overflow = tf.logical_and(tf.logical_and(finite_loss, ~finite_grads),
+                              optimizer.dynamic_scale > 1.0)
+
+  def on_overflow():
+    # The LossScaleOptimizer's own bookkeeping for a skipped step.
+    optimizer.step_counter.assign(0)
+    optimizer.dynamic_scale.assign(optimizer.dynamic_scale / 2.0)
+
   if not tf.distribute.has_strategy():
     tf.cond(finite, lambda: _apply(optimizer, grads, variables), lambda: None)
-    return finite
+    if scaling:
+      tf.cond(overflow, on_overflow, lambda: None)
+    return finite, overflow
 
-  ctx = tf.distribute.get_replica_context()
-  bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(~finite, tf.int32))
-  finite = tf.equal(bad, 0)
-
-  def merged(distribution, flag, grads, variables):
-    flag = distribution.experimental_local_results(flag)[0]
+  def merged(distribution, flags, grads, variables):
+    finite, overflow = distribution.experimental_local_results(flags)[0]
 
     def apply_everywhere():
       distribution.extended.call_for_each_replica(_apply,
                                                   args=(optimizer, grads, variables))
 
-    tf.cond(flag, apply_everywhere, lambda: None)
+    tf.cond(finite, apply_everywhere, lambda: None)
+    if scaling:
+      tf.cond(overflow, on_overflow, lambda: None)
 
-  ctx.merge_call(merged, args=(finite, grads, variables))
-  return finite
+  tf.distribute.get_replica_context().merge_call(
+      merged, args=((finite, overflow), grads, variables))
+  return finite, overflow
 
 
 def _apply(optimizer, grads, variables):
-  optimizer.apply_gradients(zip(grads, variables))
+  if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+    # Divides by the scale, applies Adam, and grows the scale after
+    # `dynamic_growth_steps` good steps (Keras' own finite-step path; the
+    # finiteness was decided above, over every replica).
+    optimizer._stateful_handle_finite_grads(grads, variables)  # noqa: SLF001
+  else:
+    optimizer.apply_gradients(zip(grads, variables))
 
 
-def make_optimizer(config: ModelConfig, learning_rate=None) -> keras.optimizers.Optimizer:
+def make_optimizer(config: ModelConfig, learning_rate=None,
+                   epsilon: float = 1e-8) -> keras.optimizers.Optimizer:
   """Adam(lr, betas 0.9 / 0.999) as the reference; decay lives in train_step.
 
   Args:
@@ -364,6 +440,19 @@ def make_optimizer(config: ModelConfig, learning_rate=None) -> keras.optimizers.
       schedule. Give a schedule here rather than assigning it later: replacing
       the optimiser's learning-rate variable afterwards leaves it unsaveable
       by tf.train.Checkpoint.
+    epsilon: Adam's epsilon (the reference's 1e-8).
   """
   lr = config.learning_rate if learning_rate is None else learning_rate
-  return keras.optimizers.Adam(lr, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
+  return keras.optimizers.Adam(lr, beta_1=0.9, beta_2=0.999, epsilon=epsilon)
+
+
+def make_training_optimizer(config: ModelConfig, learning_rate=None,
+                            precision: str = "float32",
+                            epsilon: float = 1e-8) -> keras.optimizers.Optimizer:
+  """`make_optimizer`, wrapped in a dynamic LossScaleOptimizer for
+  mixed_float16 (float16 gradients underflow without loss scaling;
+  bfloat16 has float32's range and needs none)."""
+  optimizer = make_optimizer(config, learning_rate, epsilon)
+  if nets.check_precision(precision) == "mixed_float16":
+    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+  return optimizer

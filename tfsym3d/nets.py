@@ -1,4 +1,10 @@
-"""The five networks of METHOD 7 as Keras 3 models (NHWC, float32).
+"""The five networks of METHOD 7 as Keras 3 models (NHWC).
+
+Every network takes a Keras dtype policy `dtype` ("float32" by default, or
+"mixed_bfloat16" / "mixed_float16" for mixed precision): convolutions then
+compute in 16 bits with float32 variables, while GroupNorm and the output
+activations (tanh, softplus) always compute in float32, and every network
+returns float32.
 
 Each network keeps its layers in `self.network`, a Python list whose index i is
 the index of the same module in the reference PyTorch `nn.Sequential` named
@@ -46,53 +52,71 @@ def _torch_default_init():
   return keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")
 
 
-def _conv(ch, k, s, padding, name):
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+def check_precision(dtype):
+  """Returns `dtype` if it is one of PRECISIONS, else raises ValueError."""
+  if dtype not in PRECISIONS:
+    raise ValueError(f"dtype={dtype!r}: use one of {PRECISIONS}")
+  return dtype
+
+
+def _conv(ch, k, s, padding, name, dtype):
   return keras.layers.Conv2D(ch, k, strides=s, padding=padding, use_bias=False,
-                             kernel_initializer=_torch_default_init(), name=name)
+                             kernel_initializer=_torch_default_init(), name=name,
+                             dtype=dtype)
 
 
-def _tconv(ch, k, s, padding, name):
+def _tconv(ch, k, s, padding, name, dtype):
   return keras.layers.Conv2DTranspose(ch, k, strides=s, padding=padding,
                                       use_bias=False,
                                       kernel_initializer=_torch_default_init(),
-                                      name=name)
+                                      name=name, dtype=dtype)
 
 
-def _gn(ch, name):
+def _gn(ch, name, dtype):
   # 4 channels per group: 16 / 32 / 64 groups at nf = 64 as in the reference,
   # and still valid at reduced widths. Keras' default eps is 1e-3; torch's 1e-5.
+  # Always float32: the group variance of 16-bit activations loses most of
+  # its digits (and overflows in float16); the layer casts its input up.
+  del dtype
   return keras.layers.GroupNormalization(groups=max(ch // 4, 1), epsilon=1e-5,
-                                         name=name)
+                                         name=name, dtype="float32")
 
 
-def _lrelu(name):
+def _lrelu(name, dtype):
   # Keras' default slope is 0.3; the reference uses 0.2.
-  return keras.layers.LeakyReLU(negative_slope=0.2, name=name)
+  return keras.layers.LeakyReLU(negative_slope=0.2, name=name, dtype=dtype)
 
 
-def _relu(name):
-  return keras.layers.ReLU(name=name)
+def _relu(name, dtype):
+  return keras.layers.ReLU(name=name, dtype=dtype)
 
 
-def _upsample(name):
-  return keras.layers.UpSampling2D(2, interpolation="nearest", name=name)
+def _upsample(name, dtype):
+  return keras.layers.UpSampling2D(2, interpolation="nearest", name=name, dtype=dtype)
 
 
-def _act(kind, name):
-  return keras.layers.Activation(kind, name=name)
+def _act(kind, name, dtype):
+  # Output activations in float32: tanh saturates and softplus gives the
+  # confidence sigma, whose log and inverse enter the losses.
+  del dtype
+  return keras.layers.Activation(kind, name=name, dtype="float32")
 
 
 class _Builder:
   """Collects layers in reference order and names them `<prefix>_<index>`."""
 
-  def __init__(self, prefix):
-    self.prefix = prefix
+  def __init__(self, prefix, dtype="float32"):
+    self.prefix, self.dtype = prefix, check_precision(dtype)
     self.layers = []
 
   def add(self, *specs):
     """Appends one layer per spec `(factory, *args)`, in order."""
     for make, *args in specs:
-      self.layers.append(make(*args, name=f"{self.prefix}_{len(self.layers)}"))
+      self.layers.append(make(*args, name=f"{self.prefix}_{len(self.layers)}",
+                              dtype=self.dtype))
 
 
 def _add_down_path(b, nf, zdim, bottleneck_kernel):
@@ -119,6 +143,10 @@ def _run(layers, x):
   for layer in layers:
     x = layer(x)
   return x
+
+
+def _float32(x):
+  return keras.ops.cast(x, "float32")
 
 
 class _ReferenceOrderMixin:
@@ -153,11 +181,11 @@ class Encoder(_ReferenceOrderMixin, keras.Model):
   Input [B, S, S, 3]; output [B, cout].
   """
 
-  def __init__(self, cout, nf=64, image_size=64, **kwargs):
-    super().__init__(**kwargs)
+  def __init__(self, cout, nf=64, image_size=64, dtype="float32", **kwargs):
+    super().__init__(dtype=check_precision(dtype), **kwargs)
     self.cout, self.nf, self.image_size = cout, nf, image_size
     k = _check_image_size(image_size)
-    b = _Builder("network")
+    b = _Builder("network", dtype)
     b.add((_conv, nf, 4, 2, "same"), (_relu,))  # 0-1
     b.add((_conv, 2 * nf, 4, 2, "same"), (_relu,))  # 2-3
     b.add((_conv, 4 * nf, 4, 2, "same"), (_relu,))  # 4-5
@@ -172,7 +200,7 @@ class Encoder(_ReferenceOrderMixin, keras.Model):
 
   def call(self, x, training=None):
     x = _run(self.network, x)
-    return keras.ops.reshape(x, (-1, self.cout))
+    return _float32(keras.ops.reshape(x, (-1, self.cout)))
 
 
 class EDDeconv(_ReferenceOrderMixin, keras.Model):
@@ -193,14 +221,14 @@ class EDDeconv(_ReferenceOrderMixin, keras.Model):
   """
 
   def __init__(self, cout, zdim=128, nf=64, activation=None, image_size=64,
-               **kwargs):
-    super().__init__(**kwargs)
+               dtype="float32", **kwargs):
+    super().__init__(dtype=check_precision(dtype), **kwargs)
     if activation not in (None, "tanh"):
       raise ValueError(f"activation={activation!r}: use None or 'tanh'")
     self.cout, self.zdim, self.nf = cout, zdim, nf
     self.activation, self.image_size = activation, image_size
     k = _check_image_size(image_size)
-    b = _Builder("network")
+    b = _Builder("network", dtype)
     _add_down_path(b, nf, zdim, k)  # 0-12
     b.add((_tconv, 8 * nf, k, 1, "valid"), (_relu,))  # 13-14
     b.add((_conv, 8 * nf, 3, 1, "same"), (_relu,))  # 15-16
@@ -220,7 +248,7 @@ class EDDeconv(_ReferenceOrderMixin, keras.Model):
     self.built = True
 
   def call(self, x, training=None):
-    return _run(self.network, x)
+    return _float32(_run(self.network, x))
 
 
 class ConfNet(_ReferenceOrderMixin, keras.Model):
@@ -240,22 +268,22 @@ class ConfNet(_ReferenceOrderMixin, keras.Model):
 
   _SEQUENTIALS = ("network", "out_net1", "out_net2")
 
-  def __init__(self, zdim=128, nf=64, image_size=64, **kwargs):
-    super().__init__(**kwargs)
+  def __init__(self, zdim=128, nf=64, image_size=64, dtype="float32", **kwargs):
+    super().__init__(dtype=check_precision(dtype), **kwargs)
     self.zdim, self.nf, self.image_size = zdim, nf, image_size
     k = _check_image_size(image_size)
-    b = _Builder("network")
+    b = _Builder("network", dtype)
     _add_down_path(b, nf, zdim, k)  # 0-12
     b.add((_tconv, 8 * nf, k, 1, "valid"), (_relu,))  # 13-14
     b.add((_tconv, 4 * nf, 4, 2, "same"), (_gn, 4 * nf), (_relu,))  # 15-17
     b.add((_tconv, 2 * nf, 4, 2, "same"), (_gn, 2 * nf), (_relu,))  # 18-20
     self.network = b.layers
-    b1 = _Builder("out_net1")
+    b1 = _Builder("out_net1", dtype)
     b1.add((_tconv, nf, 4, 2, "same"), (_gn, nf), (_relu,))  # 0-2
     b1.add((_tconv, nf, 4, 2, "same"), (_gn, nf), (_relu,))  # 3-5
     b1.add((_conv, 2, 5, 1, "same"), (_act, "softplus"))  # 6-7
     self.out_net1 = b1.layers
-    b2 = _Builder("out_net2")
+    b2 = _Builder("out_net2", dtype)
     b2.add((_conv, 2, 3, 1, "same"), (_act, "softplus"))  # 0-1
     self.out_net2 = b2.layers
 
@@ -267,5 +295,5 @@ class ConfNet(_ReferenceOrderMixin, keras.Model):
 
   def call(self, x, training=None):
     features = _run(self.network, x)
-    return (_run(self.out_net1, features),
-            _run(self.out_net2, features))
+    return (_float32(_run(self.out_net1, features)),
+            _float32(_run(self.out_net2, features)))

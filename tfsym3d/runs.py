@@ -36,9 +36,11 @@ def checkpoint_prefix(path: str) -> str:
                           "directory holding one")
 
 
-def build_model(config: ModelConfig, image_size: Optional[int] = None) -> Unsup3D:
-  """An Unsup3D with its variables created (call inside a strategy scope)."""
-  model = Unsup3D(config)
+def build_model(config: ModelConfig, image_size: Optional[int] = None,
+                precision: str = "float32", jit_compile: bool = False) -> Unsup3D:
+  """An Unsup3D with its variables created (call inside a strategy scope);
+  `precision` and `jit_compile` as Unsup3D takes them."""
+  model = Unsup3D(config, precision=precision, jit_compile=jit_compile)
   size = image_size or config.image_size
   model.build((None, size, size, 3))
   return model

@@ -1,8 +1,18 @@
 """Training: `python -m tfsym3d.train --flagfile=configs/<name>.cfg`.
 
-The step is `Unsup3D.train_step` run by Keras' `fit` (a `tf.function`, XLA
-with --jit_compile) under `tf.distribute.MirroredStrategy` over every visible
-GPU (or the one CPU); batches are global and split over the replicas.
+The step is `Unsup3D.train_step` run by Keras' `fit` (a `tf.function`; the
+networks as one XLA program with --jit_compile) under a tf.distribute
+strategy (--strategy): MirroredStrategy over every visible GPU (or the CPU),
+OneDeviceStrategy, or MultiWorkerMirroredStrategy over the processes that
+TF_CONFIG names. Batches are global and split over the replicas: replica r of
+R gets rows [r * B / R, (r + 1) * B / R) of the batch a one-process run sees
+(each worker builds only its own rows). --mixed_precision runs the networks
+in 16 bits (see `tfsym3d.model.Unsup3D`).
+
+Multi-worker: every worker restores from --run_dir/ckpt (a shared file
+system), only the chief writes checkpoints, TensorBoard, images, flags.txt
+and the final evaluation; the others save their checkpoints to a temporary
+directory deleted at the end (every worker must take part in a save).
 
 A run lives in --run_dir:
   ckpt/      tf.train.CheckpointManager checkpoints (model, optimiser, step)
@@ -21,9 +31,12 @@ function of the step, see `tfsym3d.data.sources`). --init_from starts a new
 run from another checkpoint's weights only.
 """
 
+import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 from typing import Dict
 
@@ -42,7 +55,8 @@ from tfsym3d import runs
 from tfsym3d import visualize
 from tfsym3d.config import ModelConfig
 from tfsym3d.data import sources
-from tfsym3d.model import make_optimizer
+from tfsym3d.model import make_training_optimizer
+from tfsym3d.nets import check_precision
 
 FLAGS = flags.FLAGS
 
@@ -325,12 +339,136 @@ def restore_latest(checkpoint: tf.train.Checkpoint,
   return None
 
 
+def _tf_config() -> Dict:
+  """The parsed TF_CONFIG of a multi-worker run (UsageError if unusable)."""
+  text = os.environ.get("TF_CONFIG")
+  if not text:
+    raise app.UsageError(
+        "--strategy=multi_worker needs the TF_CONFIG environment variable, e.g. "
+        'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+        '"task": {"type": "worker", "index": 0}}\' on the first machine and '
+        '"index": 1 on the second (see README.md, multi-node training)')
+  try:
+    spec = json.loads(text)
+    workers = spec["cluster"]["worker"]
+    task = spec["task"]
+    task["type"], int(task["index"])
+  except (ValueError, KeyError, TypeError) as error:
+    raise app.UsageError(f"TF_CONFIG={text!r} is not a cluster spec with a worker "
+                         f"list and a task type and index ({error!r})") from None
+  if not workers:
+    raise app.UsageError(f"TF_CONFIG={text!r}: the worker list is empty")
+  return spec
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+  """The tf.distribute strategy --strategy names.
+
+  Call before any other TensorFlow work: MultiWorkerMirroredStrategy
+  configures the runtime's collectives and must come first.
+  """
+  if name == "multi_worker":
+    _tf_config()
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  if name == "one_device":
+    gpus = tf.config.list_logical_devices("GPU")
+    return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+  if name == "mirrored":
+    return tf.distribute.MirroredStrategy()
+  raise app.UsageError(f"--strategy={name!r}: use mirrored, multi_worker or one_device")
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+  """Whether this process writes the run's files (always, but for the
+  non-chief workers of a multi-worker run: a 'chief' task if the cluster has
+  one, else worker 0)."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+    return True
+  task_type, task_id = resolver.task_type, resolver.task_id
+  if task_type in (None, "chief"):
+    return True
+  return task_type == "worker" and task_id == 0 and \
+      "chief" not in resolver.cluster_spec().as_dict()
+
+
+def precision_for(mixed: bool) -> str:
+  """--mixed_precision -> the networks' Keras dtype policy: mixed_float16 on
+  a GPU (tensor cores; loss scaling), mixed_bfloat16 on CPU, else float32."""
+  if not mixed:
+    return "float32"
+  return "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
+
+
+def distributed_stream(strategy: tf.distribute.Strategy, data: sources.DataSource,
+                       start: int, steps_per_epoch: int):
+  """The training stream from step `start`, split over the replicas.
+
+  Each input pipeline (one per worker) builds only its workers' rows of the
+  global batch, as per-replica batches in replica order; the union over the
+  replicas of a step is exactly the batch a one-process run sees.
+  """
+  def per_worker(context: tf.distribute.InputContext):
+    local = context.num_replicas_in_sync // context.num_input_pipelines
+    stream = data.train_stream(start, steps_per_epoch, context.input_pipeline_id,
+                               context.num_input_pipelines)
+    if local > 1:
+      rows = context.get_per_replica_batch_size(data.batch_size)
+      stream = stream.unbatch().batch(rows, drop_remainder=True)
+    return stream
+
+  return strategy.distribute_datasets_from_function(per_worker)
+
+
+def _check_workers_agree(strategy: tf.distribute.Strategy, step: tf.Variable,
+                         run_dir: str) -> None:
+  """Multi-worker: raises unless every worker restored the same step (a
+  worker that cannot see the chief's checkpoints would start elsewhere and
+  train other batches in lock step)."""
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return
+  mine = tf.cast(step.read_value(), tf.float64)
+
+  def gather():
+    return tf.distribute.get_replica_context().all_gather(mine[None], axis=0)
+
+  steps = strategy.experimental_local_results(strategy.run(gather))[0].numpy()
+  if steps.min() != steps.max():
+    raise app.UsageError(
+        f"the workers resumed from different steps ({int(steps.min())} to "
+        f"{int(steps.max())}): --run_dir={run_dir} must be one directory every worker "
+        "sees (a shared file system) holding the chief's checkpoints")
+
+
 def train(config: ModelConfig, data: sources.DataSource, run_dir: str,
-          epochs: int, steps_per_epoch: int = 0) -> Dict:
+          epochs: int, steps_per_epoch: int = 0,
+          strategy: tf.distribute.Strategy = None,
+          precision: str = "float32") -> Dict:
   """Trains (or resumes) a run; returns a summary dict.
 
+  Args:
+    strategy: a tf.distribute strategy (`make_strategy`); None: mirrored.
+    precision: the networks' dtype policy (`precision_for`).
   Raises TrainingStopped when the non-finite guard ends the run.
   """
+  if strategy is None:
+    strategy = tf.distribute.MirroredStrategy()
+  chief = is_chief(strategy)
+  # A non-chief worker takes part in every save (MultiWorkerMirroredStrategy
+  # may reduce values while saving) but into a directory of its own that is
+  # deleted at the end; it writes no summaries.
+  write_dir = run_dir if chief else tempfile.mkdtemp(prefix="tfsym3d-worker-")
+  try:
+    return _train(config, data, run_dir, write_dir, chief, epochs, steps_per_epoch,
+                  strategy, check_precision(precision))
+  finally:
+    if not chief:
+      shutil.rmtree(write_dir, ignore_errors=True)
+
+
+def _train(config, data, run_dir, write_dir, chief, epochs, steps_per_epoch,
+           strategy, precision):
+  """`train` once the strategy and the directories are settled."""
   data.check(("train",))
   if steps_per_epoch <= 0:
     size = data.train_size()
@@ -344,48 +482,56 @@ def train(config: ModelConfig, data: sources.DataSource, run_dir: str,
   total_steps = epochs * steps_per_epoch
   keras.utils.set_random_seed(FLAGS.seed)
 
-  strategy = tf.distribute.MirroredStrategy()
   replicas = strategy.num_replicas_in_sync
   if data.batch_size % replicas:
     raise app.UsageError(f"--batch_size={data.batch_size} must be a multiple of the "
                          f"{replicas} replicas")
-  logging.info("%d replica(s): %s", replicas, strategy.extended.worker_devices)
+  logging.info("%d replica(s): %s; networks in %s%s", replicas,
+               strategy.extended.worker_devices, precision,
+               "" if chief else f"; not the chief: checkpoints and summaries go to "
+               f"{write_dir} (deleted at the end)")
   with strategy.scope():
-    model = runs.build_model(config)
-    optimizer = make_optimizer(config, _learning_rate(total_steps))
+    # --jit_compile: the networks as one XLA program (see Unsup3D); Keras'
+    # whole-step jit_compile cannot take the rasterizer's dynamic shapes.
+    model = runs.build_model(config, precision=precision, jit_compile=FLAGS.jit_compile)
+    optimizer = make_training_optimizer(config, _learning_rate(total_steps),
+                                        precision, FLAGS.adam_epsilon)
     optimizer.build(model.trainable_variables)
-    model.compile(optimizer=optimizer, jit_compile=FLAGS.jit_compile)
+    model.compile(optimizer=optimizer, jit_compile=False)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_step")
   checkpoint = runs.checkpoint_for(model, optimizer=optimizer, step=step)
-  ckpt_dir = os.path.join(run_dir, "ckpt")
-  manager = tf.train.CheckpointManager(checkpoint, ckpt_dir,
+  # Every worker resumes from the chief's checkpoints.
+  resumed = restore_latest(checkpoint, tf.train.CheckpointManager(
+      checkpoint, os.path.join(run_dir, "ckpt"), max_to_keep=FLAGS.keep_checkpoints))
+  manager = tf.train.CheckpointManager(checkpoint, os.path.join(write_dir, "ckpt"),
                                        max_to_keep=FLAGS.keep_checkpoints)
-  resumed = restore_latest(checkpoint, manager)
   if resumed:
     logging.info("resumed from %s (step %d)", resumed, int(step.numpy()))
   elif FLAGS.init_from:
     prefix = runs.restore_weights(model, FLAGS.init_from)
     logging.info("weights initialised from %s", prefix)
-  _write_flags(run_dir)
+  _check_workers_agree(strategy, step, run_dir)
+  if chief:
+    _write_flags(run_dir)
 
   start = int(step.numpy())
   if start >= total_steps:
     logging.info("step %d >= %d: training already finished", start, total_steps)
     return {"steps": start, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
-            "train_seconds": 0.0, "model": model, "validation": []}
+            "train_seconds": 0.0, "model": model, "chief": chief, "validation": []}
   first_epoch, done_in_epoch = divmod(start, steps_per_epoch)
-  stream = data.train_stream(start, steps_per_epoch)
+  stream = distributed_stream(strategy, data, start, steps_per_epoch)
 
   val_data = None
-  if FLAGS.val_images > 0:
+  if FLAGS.val_images > 0 and chief:
     data.check(("val",))
     val_data = data.eval_dataset("val", FLAGS.val_images)
   sample = next(iter(data.eval_dataset("val" if val_data is not None else "train",
                                        8, batch_size=8)))
   sample_images = sample[0] if isinstance(sample, tuple) else sample
 
-  progress = Progress(total_steps, step, data.batch_size, FLAGS.progress)
-  validation = (Validation(val_data, os.path.join(run_dir, "tb"), step, progress)
+  progress = Progress(total_steps, step, data.batch_size, FLAGS.progress and chief)
+  validation = (Validation(val_data, os.path.join(write_dir, "tb"), step, progress)
                 if val_data is not None else None)
   guard = NonFiniteGuard(step, FLAGS.max_nonfinite_steps)
   callbacks = [
@@ -394,10 +540,10 @@ def train(config: ModelConfig, data: sources.DataSource, run_dir: str,
       guard,
       CheckpointSaver(manager, step, FLAGS.checkpoint_every),
       progress,
-      TensorBoardLogger(os.path.join(run_dir, "tb"), os.path.join(run_dir, "images"),
-                        step, progress, FLAGS.log_every, FLAGS.images_every,
-                        sample_images),
-  ] + ([validation] if validation is not None else [])
+  ] + ([TensorBoardLogger(os.path.join(run_dir, "tb"), os.path.join(run_dir, "images"),
+                          step, progress, FLAGS.log_every, FLAGS.images_every,
+                          sample_images)] if chief else []) + (
+      [validation] if validation is not None else [])
   started = time.perf_counter()
   try:
     # A run resumed mid-epoch first finishes that epoch, then continues with
@@ -413,10 +559,11 @@ def train(config: ModelConfig, data: sources.DataSource, run_dir: str,
       begin = phase_epoch if phase_epoch is not None else first_epoch
       end = begin + 1 if phase_epoch is not None else epochs
       model.fit(iterator_ds, initial_epoch=begin, epochs=end, steps_per_epoch=steps,
-                callbacks=callbacks, verbose=0)
+                callbacks=callbacks, verbose=0, shuffle=False)
       if model.stop_training or guard.reason:
         break
-      iterator_ds = data.train_stream(int(step.numpy()), steps_per_epoch)
+      iterator_ds = distributed_stream(strategy, data, int(step.numpy()),
+                                       steps_per_epoch)
   finally:
     progress.close()
   seconds = time.perf_counter() - started
@@ -424,7 +571,7 @@ def train(config: ModelConfig, data: sources.DataSource, run_dir: str,
     raise TrainingStopped(guard.reason)
   return {"steps": int(step.numpy()), "epochs": epochs,
           "steps_per_epoch": steps_per_epoch, "train_seconds": seconds,
-          "model": model,
+          "model": model, "chief": chief,
           "validation": validation.history if validation is not None else []}
 
 
@@ -433,6 +580,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments {argv[1:]} (flags start with --)")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.INFO)
+  # First: the multi-worker strategy must set up the runtime itself.
+  strategy = make_strategy(FLAGS.strategy)
+  precision = precision_for(FLAGS.mixed_precision)
   config = tflags.model_config()
   data = runs.data_source_from_flags(config.image_size)
   try:
@@ -441,10 +591,14 @@ def main(argv):
     raise app.UsageError(str(error)) from None
   wall = time.perf_counter()
   try:
-    result = train(config, data, FLAGS.run_dir, FLAGS.epochs, FLAGS.steps_per_epoch)
+    result = train(config, data, FLAGS.run_dir, FLAGS.epochs, FLAGS.steps_per_epoch,
+                   strategy, precision)
   except TrainingStopped as error:
     logging.error("%s", error)
     sys.exit(f"tfsym3d.train: {error}")
+  if not result["chief"]:
+    print(f"trained {result['steps']} steps as a non-chief worker")
+    return
   print(f"trained {result['steps']} steps ({result['epochs']} epochs of "
         f"{result['steps_per_epoch']}) in {result['train_seconds'] / 60:.1f} min; "
         f"checkpoints in {os.path.join(FLAGS.run_dir, 'ckpt')}")

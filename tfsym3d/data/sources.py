@@ -106,18 +106,36 @@ class DataSource:
       return len(folders.list_pairs(self.data_dir, "train"))
     return len(folders.list_images(self.data_dir, "train"))
 
-  def train_stream(self, start_step: int = 0, steps_per_epoch: int = 0) -> tf.data.Dataset:
+  def train_stream(self, start_step: int = 0, steps_per_epoch: int = 0,
+                   part: int = 0, parts: int = 1) -> tf.data.Dataset:
     """Endless [B, S, S, 3] training batches from global step `start_step`.
 
     Args:
       start_step: batches already consumed (a resumed run's step).
       steps_per_epoch: batches per epoch (folder and paired: the epoch length
         that decides which shuffled epoch `start_step` falls in).
+      part, parts: yield only rows [part * b, (part + 1) * b) of each global
+        batch, b = B / parts (one worker's share in multi-worker training);
+        the parts of a step together are exactly the one-process batch.
     """
+    if parts < 1 or not 0 <= part < parts or self.batch_size % parts:
+      raise ValueError(f"train_stream: part {part} of {parts} does not divide "
+                       f"--batch_size={self.batch_size} (use a multiple of {parts})")
     if self.dataset == "synfaces":
+      # Only this part's samples are generated.
       return _synfaces_batches(self.image_size, self.batch_size, self.seed,
                                "train", start_step * self.batch_size, None,
-                               training=True)
+                               training=True, part=part, parts=parts)
+    stream = self._folder_stream(start_step, steps_per_epoch)
+    if parts == 1:
+      return stream
+    rows = self.batch_size // parts
+    # Every worker reads the whole global batch and keeps its rows: simple
+    # and exact; decoding is repeated on each worker.
+    return stream.map(lambda batch: batch[part * rows:(part + 1) * rows])
+
+  def _folder_stream(self, start_step, steps_per_epoch):
+    """Whole global batches of a folder or paired dataset from `start_step`."""
     if steps_per_epoch <= 0:
       raise ValueError("train_stream: steps_per_epoch must be > 0 for a folder")
     epoch, skip = divmod(start_step, steps_per_epoch)
@@ -156,12 +174,14 @@ class DataSource:
 
 
 def _synfaces_batches(image_size, batch_size, seed, split, start, num, training,
-                      with_depth=False):
+                      with_depth=False, part=0, parts=1):
   """Synfaces samples start, start + 1, ... of a split as batches.
 
   Samples are generated in parallel (two NumPy workers; the generator
   releases the GIL in its array work). Training flips each image left-right
-  with p = 0.5, decided by (seed, index) alone.
+  with p = 0.5, decided by (seed, index) alone. With `parts` > 1 (training
+  only; `start` a multiple of `batch_size`) only rows [part * b, (part + 1)
+  * b) of each batch are made, b = batch_size / parts, in batches of b.
   """
   generator = synthetic.SynFaces(image_size=image_size, seed=seed)
   offset = synthetic.split_offset(split)
@@ -183,5 +203,9 @@ def _synfaces_batches(image_size, batch_size, seed, split, start, num, training,
 
   stop = None if num is None else start + num
   ds = tf.data.Dataset.range(start, stop if stop is not None else np.iinfo(np.int64).max)
+  if parts > 1:
+    rows = batch_size // parts
+    ds = ds.filter(lambda i: (i - start) % batch_size // rows == part)
+    batch_size = rows
   ds = ds.map(load, num_parallel_calls=2, deterministic=True)
   return ds.batch(batch_size, drop_remainder=training).prefetch(2)

@@ -27,7 +27,6 @@ FORMATS = ("savedmodel", "tflite", "onnx")
 FLAGS = flags.FLAGS
 
 flags.DEFINE_enum("format", "all", FORMATS + ("all",), "What to write.")
-flags.DEFINE_string("out", None, "Output directory (see export.writers for the layout).")
 flags.DEFINE_string("model_name", "tfsym3d", "Model name: the SavedModel goes to "
                     "<out>/<model_name>/<version>/ (TF Serving's layout); file names.")
 flags.DEFINE_integer("version", 1, "SavedModel version directory (integer >= 1).")

@@ -126,6 +126,7 @@ def test_training_loss_is_finite_and_falls_over_40_steps(precision, jit_compile)
   _check_training(precision, jit_compile, steps=40, batch=8, window=5)
 
 
+@pytest.mark.slow   # float16 is the GPU policy; CPUs run bfloat16 (tested above)
 def test_mixed_float16_loss_scaling_steps_and_skips_overflows():
   model = _model("mixed_float16")
   optimizer = model.optimizer

@@ -219,12 +219,13 @@ _MIRRORED = textwrap.dedent("""
       return before, model.get_weights()
     one = lambda: tf.distribute.OneDeviceStrategy("/cpu:0")
     two = lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    # One step from the same weights: SGD makes the update proportional to the
-    # gradient (a mis-scaled replica sum shows at once); Adam checks our
-    # optimiser and the L2 decay under replicas. A second step is not compared:
+    # One step of our Adam from the same weights. With epsilon 1e-3 its step
+    # lr * g / (|g| + eps) is proportional to g wherever |g| << eps (most
+    # weights at initialisation), so a mis-scaled replica sum shows, as do
+    # the optimiser's state and the L2 decay. A second step is not compared:
     # the tiny first-step differences can flip a triangle's visibility, after
     # which the gradients legitimately differ.
-    for name, optimizer in (("sgd", lambda: keras.optimizers.SGD(0.5)), ("adam", adam)):
+    for name, optimizer in (("adam", adam),):
       start, single = one_step(one(), optimizer)
       _, mirrored = one_step(two(), optimizer, start)
       moved = max(float(np.abs(a - b).max()) for a, b in zip(single, start))
@@ -237,8 +238,8 @@ def test_mirrored_two_devices_step_equals_one_device():
   result = subprocess.run([sys.executable, "-c", _MIRRORED], capture_output=True,
                           text=True, env=ENV, cwd=REPO, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
-  lines = result.stdout.strip().splitlines()[-2:]
-  assert [line.split()[0] for line in lines] == ["sgd", "adam"]
+  lines = result.stdout.strip().splitlines()[-1:]
+  assert [line.split()[0] for line in lines] == ["adam"]
   for line in lines:
     name, _, moved, _, diff = line.split()
     assert float(moved) > 1e-4, line     # the step did change the weights

@@ -385,8 +385,6 @@ def define_flags():
   are the shared ones of `tfsym3d.flags`."""
   flags.DEFINE_string("torch", None, "The reference implementation's PyTorch "
                       "checkpoint (.pth) to convert.")
-  flags.DEFINE_string("out", None, "Directory to write the tfsym3d checkpoint to "
-                      "(ckpt/, flags.txt, conversion.json).")
 
 
 def _explicit_model_flags() -> List[str]:

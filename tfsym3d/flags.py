@@ -138,6 +138,12 @@ flags.DEFINE_float("adam_epsilon", 1e-8, "Adam's epsilon (reference 1e-8).")
 
 # ----------------------------------------------------------- evaluation ----
 
+# One output-directory flag for the commands that write a directory tree
+# (several commands can share a process, e.g. in tests: defined once here).
+flags.DEFINE_string("out", None, "Output directory of the command: the dataset root "
+                    "(tfsym3d.data.prepare), the exported models (export; layout in "
+                    "export.writers) or the converted run (tfsym3d.convert: ckpt/, "
+                    "flags.txt, conversion.json).")
 flags.DEFINE_string("checkpoint", None, "A checkpoint: a run directory (its newest "
                     "checkpoint), a ckpt/ directory or a checkpoint file prefix.")
 flags.DEFINE_string("eval_split", "test", "Split to evaluate.")

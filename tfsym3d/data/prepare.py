@@ -37,7 +37,6 @@ from tfsym3d import flags as _model_flags  # noqa: F401  pylint: disable=unused-
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("out", None, "Output directory (the dataset root).")
 flags.DEFINE_integer("num", 10000, "Total number of samples over all splits.")
 flags.DEFINE_list("split_fractions", ["0.8", "0.1", "0.1"],
                   "Fractions of --num for train,val,test.")

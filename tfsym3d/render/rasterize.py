@@ -459,8 +459,12 @@ def _pixel_weights(screen, faces, face_id):
       pixel centre makes with the edge opposite corner i;
     depths: 3 x [B, H, W] camera depth z_i of corner i.
   """
-  corners = _pixel_corners(screen, faces, face_id)
-  uv = tf.cast(geometry.pixel_grid(face_id.shape[1], face_id.shape[2]), screen.dtype)
+  return _corner_weights(_pixel_corners(screen, faces, face_id), face_id)
+
+
+def _corner_weights(corners, face_id):
+  """`_pixel_weights` from the corners of `_pixel_corners`."""
+  uv = tf.cast(geometry.pixel_grid(face_id.shape[1], face_id.shape[2]), corners[0][0].dtype)
   px, py = uv[..., 0], uv[..., 1]
   weights = []
   for i in range(3):
@@ -527,13 +531,7 @@ def depth_for(screen, faces, face_id, background):
 def _depth_terms(corners, face_id):
   """Screen weights w_i, corner depths z_i, T = sum w_i / z_i and the depth
   sum w_i / T of each pixel (0 where T = 0), plus where it is defined."""
-  uv = tf.cast(geometry.pixel_grid(face_id.shape[1], face_id.shape[2]), corners[0][0].dtype)
-  px, py = uv[..., 0], uv[..., 1]
-  weights = []
-  for i in range(3):
-    (xa, ya, _), (xb, yb, _) = corners[(i + 1) % 3], corners[(i + 2) % 3]
-    weights.append((xb - xa) * (py - ya) - (yb - ya) * (px - xa))
-  depths = [z for _, _, z in corners]
+  weights, depths = _corner_weights(corners, face_id)
   total = weights[0] / depths[0] + weights[1] / depths[1] + weights[2] / depths[2]
   usable = (total != 0) & (face_id >= 0)
   safe_total = tf.where(usable, total, tf.ones_like(total))

@@ -1,7 +1,7 @@
 """Predictors (checkpoint, SavedModel, TFLite) and `tfsym3d.reconstruct`.
 
-The SavedModel and TFLite artefacts are made by tests/export_fixtures.py,
-which follows the exporter's contract; tfsym3d's own exporter can replace it.
+The SavedModel and TFLite artefacts are written by the real exporter
+(export.writers), so the predictors are tested against what users load.
 """
 
 import json
@@ -26,7 +26,7 @@ from tfsym3d import visualize
 from tfsym3d.config import ModelConfig
 from tfsym3d.data.synthetic import SynFaces
 
-import export_fixtures
+from export import writers
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = ModelConfig(image_size=32, nf=8, zdim=32, nf_encoder=8, nf_conf=8, zdim_conf=16,
@@ -40,8 +40,9 @@ def artefacts(tmp_path_factory):
   root = tmp_path_factory.mktemp("models")
   model = runs.build_model(CONFIG)
   runs.checkpoint_for(model).save(str(root / "run" / "ckpt" / "ckpt"))
-  saved = export_fixtures.make_saved_model(model, str(root / "export"))
-  tflite = export_fixtures.make_tflite(model, str(root / "tflite"))
+  saved = writers.write_savedmodel(model, str(root / "export"), model_name="tiny")
+  tflite = writers.write_tflite(model, str(root), model_name="tiny",
+                                variants=["float32"])["float32"]
   return {"model": model, "checkpoint": str(root / "run"), "saved_model": saved,
           "saved_model_parent": str(root / "export" / "tiny"), "tflite": tflite,
           "root": root}

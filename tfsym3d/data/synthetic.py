@@ -144,6 +144,50 @@ def unpose_points(points: np.ndarray, view) -> np.ndarray:
   return (points - np.asarray(view[3:6], np.float64) - centre) @ rot + centre
 
 
+# Faces whose bounding box has at most this many pixel centres per side are
+# enumerated offset by offset (a 64 px grid mesh's faces span a few pixels).
+_SMALL_BOX = 4
+
+
+def _candidates(col0, row0, ncol, nrow):
+  """Every (face, pixel centre) pair inside the faces' bounding boxes.
+
+  Args:
+    col0, row0: [F] int64 first column and row of each box; ncol, nrow: [F]
+      int64 box sizes (>= 1).
+  Returns:
+    face [N] int64 indices into the F faces, px, py [N] float64 centres.
+  """
+  small = (ncol <= _SMALL_BOX) & (nrow <= _SMALL_BOX)
+  faces, cols, rows = [], [], []
+  # Small boxes: one vectorised pass per offset (dx, dy), over the faces
+  # whose box reaches that far (cheaper than expanding every face's box).
+  small_ids = np.flatnonzero(small)
+  for dy in range(int(nrow[small_ids].max(initial=0))):
+    reach = small_ids[nrow[small_ids] > dy]
+    width = ncol[reach]
+    for dx in range(int(width.max(initial=0))):
+      sel = reach[width > dx] if dx else reach
+      faces.append(sel)
+      cols.append(col0[sel] + dx)
+      rows.append(row0[sel] + dy)
+  # Large boxes (grazing faces, big triangles): expand each box in full.
+  large_ids = np.flatnonzero(~small)
+  if len(large_ids):
+    count = ncol[large_ids] * nrow[large_ids]
+    face = np.repeat(large_ids, count)
+    k = np.arange(len(face)) - np.repeat(np.cumsum(count) - count, count)
+    width = ncol[face]
+    faces.append(face)
+    cols.append(col0[face] + k % width)
+    rows.append(row0[face] + k // width)
+  if not faces:
+    empty = np.zeros(0, np.int64)
+    return empty, empty.astype(np.float64), empty.astype(np.float64)
+  return (np.concatenate(faces), np.concatenate(cols).astype(np.float64),
+          np.concatenate(rows).astype(np.float64))
+
+
 def render_depth(canon_depth: np.ndarray, view, face_mask=None,
                  znear: float = 0.1, zfar: float = 10.0) -> np.ndarray:
   """Z-buffer depth of the posed canonical grid mesh, seen by the camera.
@@ -193,32 +237,25 @@ def render_depth(canon_depth: np.ndarray, view, face_mask=None,
     return zbuf.reshape(size, size)
   x0, x1, x2, y0, y1, y2 = x0[keep], x1[keep], x2[keep], y0[keep], y1[keep], y2[keep]
   inv_area = 1.0 / area[keep]
-  # Barycentrics and 1/z are affine in the pixel centre (p, q):
-  # w_i = A_i p + B_i q + C_i, 1/z = sum_i w_i / z_i. Coefficients per face.
+  # Barycentrics are affine in the pixel centre (p, q): w_i = A_i p + B_i q + C_i.
   a0, b0, c0 = (y1 - y2) * inv_area, (x2 - x1) * inv_area, (x1 * y2 - x2 * y1) * inv_area
   a1, b1, c1 = (y2 - y0) * inv_area, (x0 - x2) * inv_area, (x2 * y0 - x0 * y2) * inv_area
   a2, b2, c2 = (y0 - y1) * inv_area, (x1 - x0) * inv_area, (x0 * y1 - x1 * y0) * inv_area
-  r0, r1, r2 = 1.0 / z0[keep], 1.0 / z1[keep], 1.0 / z2[keep]
-  coef = np.stack([a0, b0, c0, a1, b1, c1, a2, b2, c2,
-                   a0 * r0 + a1 * r1 + a2 * r2, b0 * r0 + b1 * r1 + b2 * r2,
-                   c0 * r0 + c1 * r1 + c2 * r2])
   ncol, nrow = ncol[keep], nrow[keep]
-  count = ncol * nrow
-  # Enumerate (triangle, pixel centre) candidates without a Python loop:
-  # each face's rows of `coef` repeated once per centre of its box.
-  coef = np.repeat(coef, count, axis=1)
-  box = np.repeat(np.stack([col0[keep], row0[keep]]).astype(np.int64), count, axis=1)
-  ncol_rep = np.repeat(ncol, count)
-  k = np.arange(len(ncol_rep)) - np.repeat(np.cumsum(count) - count, count)
-  px = box[0] + k % ncol_rep
-  py = box[1] + k // ncol_rep
+  col0, row0 = col0[keep].astype(np.int64), row0[keep].astype(np.int64)
+  face, px, py = _candidates(col0, row0, ncol, nrow)
   tol = -1e-9  # shared edges: a centre on the edge counts for both faces
-  inside = ((coef[0] * px + coef[1] * py + coef[2] >= tol)
-            & (coef[3] * px + coef[4] * py + coef[5] >= tol)
-            & (coef[6] * px + coef[7] * py + coef[8] >= tol))
-  coef, px, py = coef[9:, inside], px[inside], py[inside]
-  depth = 1.0 / (coef[0] * px + coef[1] * py + coef[2])
-  pixel = py * size + px
+  inside = ((a0[face] * px + b0[face] * py + c0[face] >= tol)
+            & (a1[face] * px + b1[face] * py + c1[face] >= tol)
+            & (a2[face] * px + b2[face] * py + c2[face] >= tol))
+  face, px, py = face[inside], px[inside], py[inside]
+  r0, r1, r2 = 1.0 / z0[keep], 1.0 / z1[keep], 1.0 / z2[keep]
+  # 1/z is affine in the pixel centre too: sum_i w_i / z_i.
+  inv_depth = ((a0 * r0 + a1 * r1 + a2 * r2)[face] * px
+               + (b0 * r0 + b1 * r1 + b2 * r2)[face] * py
+               + (c0 * r0 + c1 * r1 + c2 * r2)[face])
+  depth = 1.0 / inv_depth
+  pixel = py.astype(np.int64) * size + px.astype(np.int64)
   np.minimum.at(zbuf, pixel, depth)
   return zbuf.reshape(size, size)
 

@@ -64,15 +64,17 @@ def test_renderer_inputs_ranges():
   assert (view.numpy()[:, 5] == 0).all()
 
 
-def test_train_step_benchmark_tiny():
+def test_train_step_benchmark_tiny(tmp_path):
   result = bench.train_step_benchmark(batch_size=2, image_size=16, nf=8, steps=1, warmup=1,
-                                      vgg_weights="none", progress=False)
+                                      vgg_weights="none", progress=False,
+                                      profile_dir=str(tmp_path / "trace"), profile_steps=1)
   json.dumps(result, allow_nan=False)
   assert {"images_per_s", "step_ms", "batch_size", "image_size", "params", "rasterizer",
           "first_step_s", "warmup_s", "step_times_ms"} <= result.keys()
   assert ENVIRONMENT_KEYS <= result.keys()
   assert result["batch_size"] == 2 and result["image_size"] == 16 and result["nf"] == 8
   assert result["rasterizer"] == "tf" and result["perceptual_loss"] is False
+  assert result["jit_compile"] is False and result["precision"] == "float32"
   assert _positive(result["images_per_s"]) and _positive(result["step_ms"])
   assert _positive(result["first_step_s"])
   assert set(result["params"]) == {"netD", "netA", "netL", "netV", "netC"}
@@ -80,6 +82,32 @@ def test_train_step_benchmark_tiny():
   assert result["params_total"] == sum(result["params"].values())
   assert math.isfinite(result["last_total_loss"])
   assert "images/s" in bench.format_table(result)
+  # Forward convolutions, and both backward passes of the trained networks.
+  assert result["flops_by_op_type"]["Conv2D"] > 0
+  assert result["flops_by_op_type"]["Conv2DBackpropFilter"] > 0
+  assert _positive(result["gflop_per_s"])
+  assert result["gflop_per_image"] == pytest.approx(result["gflop_per_step"] / 2)
+  profile = result["profile"]
+  assert os.path.exists(profile["xplane"])
+  types = [e["op_type"] for e in profile["top_op_types"]]
+  assert "Conv2D" in types
+  assert sum(e["share"] for e in profile["top_op_types"]) <= 1.0 + 1e-9
+  # Every network, the renderer, the losses and the optimiser show up, and
+  # backward passes are told apart.
+  parts = set(profile["by_part"])
+  assert {"netD", "netA", "netL", "netV", "netC", "render", "losses",
+          "optimizer"} <= parts, parts
+  assert "netD (backward)" in parts and "render (backward)" in parts
+  assert "GFLOP/s" in bench.format_table(result) and "by part" in bench.format_table(result)
+
+
+def test_train_step_benchmark_runs_what_jit_compile_and_mixed_precision_ask():
+  result = bench.train_step_benchmark(batch_size=2, image_size=16, nf=8, steps=1, warmup=1,
+                                      vgg_weights="none", progress=False, jit_compile=True,
+                                      precision="mixed_bfloat16", count_flops=False)
+  assert result["jit_compile"] is True and result["precision"] == "mixed_bfloat16"
+  assert math.isfinite(result["last_total_loss"])
+  assert "mixed_bfloat16, XLA" in bench.format_table(result)
 
 
 def test_data_benchmark_tiny():

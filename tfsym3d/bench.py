@@ -6,6 +6,7 @@ Usage:
       [--repeats 5] [--backends tf,tfg,tfg_own_bary]
   python -m tfsym3d.bench train_step [--json] [--batch_size 16] [--image_size 64]
       [--nf 64] [--steps 5] [--warmup 2] [--rasterizer tf] [--vgg_weights random]
+      [--jit_compile] [--mixed_precision] [--profile_dir DIR] [--profile_steps 2]
   python -m tfsym3d.bench data [--json] [--batch_size 64] [--image_size 64]
       [--repeats 3] [--warmup 1] [--data_num_images 2000] [--data_num_pairs 1000]
       [--data_num_synthetic 500]
@@ -21,7 +22,9 @@ rigid transform, rasterization, depth interpolation) followed by
 `train_step` times the function Keras' `fit` runs for every batch
 (`model.make_train_function()` over a `tf.data` iterator, which calls
 `Unsup3D.train_step`): forward pass, every loss including the perceptual one,
-gradients and the Adam update.
+gradients and the Adam update; it counts the step's FLOPs (GFLOP/s achieved)
+and, with --profile_dir, traces a few steps and prints where the time goes
+(by op type and by network, renderer, losses and optimiser).
 
 `data` times the input pipelines of `tfsym3d.data` in images per second:
 `image_folder_dataset` over generated JPEGs, `paired_dataset` over generated
@@ -283,7 +286,10 @@ def random_vgg16_weights(directory: str) -> str:
 def train_step_benchmark(batch_size: int = 16, image_size: int = 64, nf: int = 64,
                          steps: int = 5, warmup: int = 2, rasterizer: str = "tf",
                          vgg_weights: str = "random", seed: int = 0,
-                         progress: bool = True, **config_overrides) -> Dict:
+                         progress: bool = True, jit_compile: bool = False,
+                         precision: str = "float32", profile_dir: Optional[str] = None,
+                         profile_steps: int = 2, count_flops: bool = True,
+                         **config_overrides) -> Dict:
   """Images per second of full training steps at a given configuration.
 
   Builds `Unsup3D(ModelConfig(...))`, compiles it with `make_optimizer` and
@@ -295,14 +301,25 @@ def train_step_benchmark(batch_size: int = 16, image_size: int = 64, nf: int = 6
     vgg_weights: 'random' (a randomly initialised VGG16 saved to a temporary
       file: same cost, meaningless loss values), 'imagenet', 'none' (the
       perceptual term off) or a weights file path.
+    jit_compile: the networks as one XLA program (train's --jit_compile).
+    precision: the networks' dtype policy (train's --mixed_precision gives
+      mixed_bfloat16 on CPU, mixed_float16 on GPU).
+    profile_dir: if set, `profile_steps` more steps are traced with
+      tf.profiler into this directory (TensorBoard's profile tab reads it)
+      and summarised (`tfsym3d.profiling.summarize_trace`) under "profile".
+    count_flops: count the step's FLOPs (`tfsym3d.profiling.graph_flops` on a
+      float32 twin of the model without XLA, whose graph shows every op) and
+      report GFLOP per step and the GFLOP/s achieved.
     config_overrides: further ModelConfig fields (e.g. zdim for tests).
   Returns:
     A dict: images_per_s and step_ms (median), step_times_ms, first_step_s and
     warmup_s, params per network (count_params) and their total, the settings,
-    the last step's total loss and the environment.
+    the last step's total loss and the environment; with count_flops
+    gflop_per_step, gflop_per_image, gflop_per_s and flops_by_op_type; with
+    profile_dir the profile summary.
   """
   import keras  # pylint: disable=g-import-not-at-top
-  from tfsym3d.model import Unsup3D, make_optimizer  # pylint: disable=g-import-not-at-top
+  from tfsym3d.model import Unsup3D, make_training_optimizer  # pylint: disable=g-import-not-at-top
 
   warmup = max(int(warmup), 1)
   keras.utils.set_random_seed(seed)
@@ -316,8 +333,14 @@ def train_step_benchmark(batch_size: int = 16, image_size: int = 64, nf: int = 6
     config = ModelConfig(image_size=image_size, nf=nf, rasterizer=rasterizer,
                          vgg_weights=weights, **config_overrides)
     # The weights are read here; the temporary file is not needed afterwards.
-    model = Unsup3D(config)
-  model.compile(optimizer=make_optimizer(config))
+    model = Unsup3D(config, precision=precision, jit_compile=jit_compile)
+    # FLOPs are counted on a float32 twin without XLA, built while the
+    # weights file exists.
+    twin = Unsup3D(config) if count_flops else None
+  # As train does: XLA (if asked) for the networks only; the whole step
+  # cannot be one XLA program (the rasterizer's shapes are dynamic).
+  model.compile(optimizer=make_training_optimizer(config, precision=precision),
+                jit_compile=False)
   model.build((None, image_size, image_size, 3))
   # fit() builds the optimizer before tracing; do the same.
   model.optimizer.build(model.trainable_variables)
@@ -337,7 +360,8 @@ def train_step_benchmark(batch_size: int = 16, image_size: int = 64, nf: int = 6
   result = {"benchmark": "train_step", "batch_size": batch_size, "image_size": image_size,
             "nf": nf, "rasterizer": rasterizer, "vgg_weights": vgg_weights,
             "perceptual_loss": bool(model.perceptual.enabled), "steps": steps,
-            "warmup_steps": warmup, "jit_compile": bool(model.jit_compile)}
+            "warmup_steps": warmup, "jit_compile": bool(model.jit_compile_networks),
+            "precision": precision}
   result.update(_environment())
   result["params"] = {name: int(net.count_params()) for name, net in model.networks.items()}
   result["params_total"] = sum(result["params"].values())
@@ -355,8 +379,38 @@ def train_step_benchmark(batch_size: int = 16, image_size: int = 64, nf: int = 6
   result["warmup_s"] = sum(warm)
   # None if the loss diverged: JSON has no NaN.
   result["last_total_loss"] = timed[-1][1] if math.isfinite(timed[-1][1]) else None
+  if profile_dir:
+    from tfsym3d import profiling  # pylint: disable=g-import-not-at-top
+    logging.info("train_step: tracing %d steps into %s", profile_steps, profile_dir)
+    tf.profiler.experimental.start(profile_dir)
+    try:
+      for _ in range(profile_steps):
+        step()
+    finally:
+      tf.profiler.experimental.stop()
+    result["profile"] = profiling.summarize_trace(profile_dir, profile_steps)
+    result["profile_dir"] = profile_dir
+  if count_flops:
+    result.update(_train_step_flops(twin, batch_size, image_size))
+    result["gflop_per_s"] = result["gflop_per_step"] / statistics.median(times)
   result["load_avg_after"] = load_average()
   return result
+
+
+def _train_step_flops(twin, batch_size: int, image_size: int) -> Dict:
+  """FLOPs of one `Unsup3D.train_step` of `twin`, a float32 Unsup3D without
+  XLA (the arithmetic does not depend on either; its graph shows every op)."""
+  from tfsym3d import profiling  # pylint: disable=g-import-not-at-top
+  from tfsym3d.model import make_optimizer  # pylint: disable=g-import-not-at-top
+  twin.compile(optimizer=make_optimizer(twin.config), jit_compile=False)
+  twin.build((None, image_size, image_size, 3))
+  twin.optimizer.build(twin.trainable_variables)
+  traced = tf.function(twin.train_step).get_concrete_function(
+      tf.TensorSpec([batch_size, image_size, image_size, 3], tf.float32))
+  flops = profiling.graph_flops(traced)
+  return {"gflop_per_step": flops["total"] / 1e9,
+          "gflop_per_image": flops["total"] / 1e9 / batch_size,
+          "flops_by_op_type": {k: v / 1e9 for k, v in list(flops["by_op_type"].items())[:8]}}
 
 
 # -- data --------------------------------------------------------------------
@@ -709,6 +763,10 @@ def define_flags():
   flags.DEFINE_bool("backward", False, "renderer: time forward and backward "
                     "(gradients to depth and view) instead of forward only.")
   flags.DEFINE_integer("steps", 5, "train_step: timed steps (median).")
+  flags.DEFINE_string("profile_dir", None, "train_step: trace --profile_steps more steps "
+                      "with tf.profiler into this directory (open it in TensorBoard's "
+                      "profile tab) and print where the time goes.")
+  flags.DEFINE_integer("profile_steps", 2, "train_step: steps traced with --profile_dir.")
   flags.DEFINE_integer("warmup", 0, "Untimed calls / steps / epochs before timing; "
                        "0: the benchmark's default (2; data 1 epoch). The first call "
                        "(tracing, compilation) is never timed.")
@@ -782,12 +840,27 @@ def format_table(result: Dict) -> str:
     lines.append(f"train_step: batch {result['batch_size']}, {result['image_size']} px, "
                  f"nf {result['nf']}, rasterizer {result['rasterizer']}, VGG weights "
                  f"{result['vgg_weights']} (perceptual loss "
-                 f"{'on' if result['perceptual_loss'] else 'off'})")
+                 f"{'on' if result['perceptual_loss'] else 'off'}), networks "
+                 f"{result['precision']}{', XLA' if result['jit_compile'] else ''}")
     lines.append(f"  {result['images_per_s']:.2f} images/s, {result['step_ms']:.0f} ms "
                  f"per step (median of {result['steps']}; first step "
                  f"{result['first_step_s']:.1f} s)")
     params = ", ".join(f"{k} {v:,}" for k, v in result["params"].items())
     lines.append(f"  params: {params} (total {result['params_total']:,})")
+    if "gflop_per_step" in result:
+      lines.append(f"  {result['gflop_per_step']:.1f} GFLOP per step "
+                   f"({result['gflop_per_image']:.2f} per image): "
+                   f"{result['gflop_per_s']:.1f} GFLOP/s achieved")
+    if "profile" in result:
+      prof = result["profile"]
+      lines.append(f"  profile ({prof['op_ms_per_step']:.0f} ms of op time per step, "
+                   f"summed over threads; trace in {result['profile_dir']}):")
+      lines.append(f"    {'op type':<28}{'ms/step':>10}{'share':>8}{'ops/step':>10}")
+      for entry in prof["top_op_types"]:
+        lines.append(f"    {entry['op_type']:<28}{entry['ms_per_step']:10.1f}"
+                     f"{entry['share']:8.1%}{entry['count_per_step']:10.0f}")
+      parts = ", ".join(f"{k} {v:.0f}" for k, v in prof["by_part"].items())
+      lines.append(f"    by part (ms/step): {parts}")
   lines.append(f"device: {result['device']}; TF {result['tensorflow']}, Keras "
                f"{result['keras']}; load average before {result['load_avg_before']}, "
                f"after {result['load_avg_after']}")
@@ -834,9 +907,12 @@ def main(argv):
     explicit = ("image_size", "nf", "rasterizer", "vgg_weights")
     overrides = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(ModelConfig)
                  if f.name not in explicit}
+    from tfsym3d.train import precision_for  # pylint: disable=g-import-not-at-top
     result = train_step_benchmark(batch_size, FLAGS.image_size, FLAGS.nf, FLAGS.steps,
                                   warmup, FLAGS.rasterizer, vgg_weights,
-                                  FLAGS.seed, FLAGS.progress, **overrides)
+                                  FLAGS.seed, FLAGS.progress, FLAGS.jit_compile,
+                                  precision_for(FLAGS.mixed_precision), FLAGS.profile_dir,
+                                  FLAGS.profile_steps, **overrides)
   sys.stdout.write((json.dumps(result) if FLAGS.json else format_table(result)) + "\n")
 
 

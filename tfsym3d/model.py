@@ -246,13 +246,14 @@ class Unsup3D(keras.Model):
     albedo2 = tf.concat([albedo, flip(albedo)], 0)
     light2, direction2 = tf.tile(light, [2, 1]), tf.tile(direction, [2, 1])
     view2 = tf.tile(view, [2, 1])
-    normal2, diffuse2, shading2, canon_image2 = self.shade(depth2, albedo2, light2,
-                                                           direction2)
-
-    recon_depth2 = self.renderer.reconstructed_depth(depth2, view2)
-    recon_normal2 = geometry.normals_from_depth(recon_depth2, self.renderer.camera)
-    recon_image2 = self.renderer.reconstruct_image(canon_image2, recon_depth2, view2)
-    recon_mask2 = self.renderer.valid_mask(recon_depth2)
+    # The scope names the renderer's ops in profiles (tfsym3d.profiling).
+    with tf.name_scope("render"):
+      normal2, diffuse2, shading2, canon_image2 = self.shade(depth2, albedo2, light2,
+                                                             direction2)
+      recon_depth2 = self.renderer.reconstructed_depth(depth2, view2)
+      recon_normal2 = geometry.normals_from_depth(recon_depth2, self.renderer.camera)
+      recon_image2 = self.renderer.reconstruct_image(canon_image2, recon_depth2, view2)
+      recon_mask2 = self.renderer.valid_mask(recon_depth2)
     mask = tf.stop_gradient(recon_mask2[:batch] * recon_mask2[batch:])
     recon_image2 = recon_image2 * tf.tile(mask, [2, 1, 1])[..., None]
 
@@ -274,6 +275,10 @@ class Unsup3D(keras.Model):
 
   def compute_losses(self, images, out: Decomposition) -> Dict[str, tf.Tensor]:
     """Every loss term of METHOD 6 and the total, by name."""
+    with tf.name_scope("losses"):   # names the ops in profiles
+      return self._compute_losses(images, out)
+
+  def _compute_losses(self, images, out: Decomposition) -> Dict[str, tf.Tensor]:
     cfg = self.config
     sigma = lambda conf, i: None if conf is None else conf[..., i:i + 1]
     terms = {
@@ -329,19 +334,20 @@ class Unsup3D(keras.Model):
       scaled = terms["total"] / replicas
       to_differentiate = optimizer.scale_loss(scaled) if scaling else scaled
     grads = tape.gradient(to_differentiate, variables)
-    # Variables without a gradient (e.g. the perceptual confidence head when
-    # the perceptual term is off) are left out rather than warned about.
-    pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
-    finite_grads = tf.reduce_all(
-        [tf.reduce_all(tf.math.is_finite(g)) for g, _ in pairs])
-    finite_loss = tf.math.is_finite(scaled)
-    # Replica gradients are summed: each adds its share of the decay (times
-    # the loss scale, which the LossScaleOptimizer divides out again).
-    decay = self.config.weight_decay / replicas
-    if scaling:
-      decay = decay * tf.cast(optimizer.dynamic_scale, tf.float32)
-    pairs = [(g + tf.cast(decay, g.dtype) * v, v) for g, v in pairs]
-    finite, overflow = _apply_if_finite(optimizer, pairs, finite_loss, finite_grads)
+    with tf.name_scope("optimizer"):   # names the update's ops in profiles
+      # Variables without a gradient (e.g. the perceptual confidence head
+      # when the perceptual term is off) are left out rather than warned about.
+      pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
+      finite_grads = tf.reduce_all(
+          [tf.reduce_all(tf.math.is_finite(g)) for g, _ in pairs])
+      finite_loss = tf.math.is_finite(scaled)
+      # Replica gradients are summed: each adds its share of the decay (times
+      # the loss scale, which the LossScaleOptimizer divides out again).
+      decay = self.config.weight_decay / replicas
+      if scaling:
+        decay = decay * tf.cast(optimizer.dynamic_scale, tf.float32)
+      pairs = [(g + tf.cast(decay, g.dtype) * v, v) for g, v in pairs]
+      finite, overflow = _apply_if_finite(optimizer, pairs, finite_loss, finite_grads)
     bad = tf.logical_not(tf.logical_or(finite, overflow))
     self.nonfinite_streak.assign(tf.where(bad, self.nonfinite_streak + 1, 0))
     self.skipped_steps.assign_add(tf.where(finite, 0, 1))

@@ -48,6 +48,17 @@ def _restored_step(stderr: str) -> int:
   return -1
 
 
+def _scalars(log_dir, tag):
+  """(step, value) of a TensorBoard scalar over every event file of log_dir."""
+  values = []
+  for path in sorted(pathlib.Path(log_dir).glob("events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(str(path)):
+      for value in event.summary.value:
+        if value.tag == tag:
+          values.append((event.step, float(tf.make_ndarray(value.tensor))))
+  return values
+
+
 def test_tiny_train_resume_and_evaluate(tmp_path):
   run = tmp_path / "run"
   first = _run(["tfsym3d.train", f"--flagfile={TINY}", f"--run_dir={run}", "--epochs=1",
@@ -69,10 +80,15 @@ def test_tiny_train_resume_and_evaluate(tmp_path):
   assert any("optimizer" in k for k in keys)
   # Same run dir, one more epoch: resumes at step 6 and ends at 12, then
   # evaluates on held-out synfaces with the test-mode dump.
+  # (With a depth smoothness schedule: the resumed second epoch, the last,
+  # trains with the final weight, as TensorBoard shows.)
   second = _run(["tfsym3d.train", f"--flagfile={TINY}", f"--run_dir={run}",
-                 "--epochs=2", "--dump_images=2"])
+                 "--epochs=2", "--dump_images=2", "--lam_depth_sm=0.5",
+                 "--lam_depth_sm_final=0.125"])
   assert _restored_step(second.stderr) == 6
   assert _latest_step(run) == 12
+  weights = _scalars(run / "tb", "train/lam_depth_sm")
+  assert weights and all(w == 0.125 for step, w in weights if step > 6), weights
   assert "constant null depth" in second.stdout and "average GT depth" in second.stdout
   assert (run / "eval" / "test" / "dump" / "000001_albedo.png").exists()
 
@@ -183,6 +199,20 @@ def test_missing_dataset_fails_at_once_saying_how_to_prepare(tmp_path):
   assert "tfsym3d.data.prepare celeba" in result.stderr
   assert str(tmp_path / "nope") in result.stderr
   assert not (tmp_path / "run").exists()
+  # A schedule for a term that is off is a usage error, before anything runs.
+  result = _run(["tfsym3d.train", f"--flagfile={TINY}", "--lam_depth_sm_final=0.5",
+                 f"--run_dir={tmp_path / 'run'}"], timeout=120, check=False)
+  assert result.returncode != 0 and "--lam_depth_sm > 0" in result.stderr
+  assert not (tmp_path / "run").exists()
+
+
+def test_depth_smoothness_weight_moves_linearly_from_first_to_last_epoch():
+  from tfsym3d.train import depth_smoothness_weight
+  weights = [depth_smoothness_weight(e, 5, 3.0, 1.0) for e in range(5)]
+  np.testing.assert_allclose(weights, [3.0, 2.5, 2.0, 1.5, 1.0])
+  assert depth_smoothness_weight(9, 5, 3.0, 1.0) == 1.0      # past the end: final
+  assert depth_smoothness_weight(2, 5, 3.0, None) == 3.0     # no schedule
+  assert depth_smoothness_weight(0, 1, 3.0, 1.0) == 3.0      # one epoch: the first
 
 
 _MIRRORED = textwrap.dedent("""

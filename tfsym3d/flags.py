@@ -106,6 +106,9 @@ flags.DEFINE_integer("steps_per_epoch", 0, "Steps per epoch; 0: one pass over th
                      "training split (required > 0 for --dataset=synfaces).")
 flags.DEFINE_integer("lam_flip_start_epoch", 0, "Epochs trained with flip weight 1.0 "
                      "before --lam_flip applies (cats: 10).")
+flags.DEFINE_float("lam_depth_sm_final", None, "If set, the depth smoothness weight "
+                   "moves linearly, epoch by epoch, from --lam_depth_sm in the first "
+                   "epoch to this in the last (unset: constant).")
 flags.DEFINE_enum("lr_schedule", "constant", ["constant", "cosine"],
                   "Learning rate schedule: constant (reference) or cosine decay "
                   "to --lr_final_fraction of --learning_rate over the run.")

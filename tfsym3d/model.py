@@ -161,6 +161,12 @@ class Unsup3D(keras.Model):
     # Changed by training between epochs (1.0 before lam_flip_start_epoch).
     self.lam_flip = tf.Variable(config.lam_flip, trainable=False, dtype=tf.float32,
                                 name="lam_flip")
+    # The depth smoothness weight, set by training at every epoch's start
+    # (--lam_depth_sm_final's schedule). Deliberately not tracked, hence not
+    # in checkpoints: nothing needs it restored, and checkpoints written
+    # before it existed must keep loading.
+    object.__setattr__(self, "lam_depth_sm", tf.Variable(
+        config.lam_depth_sm, trainable=False, dtype=tf.float32, name="lam_depth_sm"))
     self._depth_border = self._border_mask(size)
     # Read by the non-finite guard of tfsym3d.train (checkpointed with the model).
     # Every replica agrees on a step's finiteness: keep the first's update.
@@ -303,7 +309,7 @@ class Unsup3D(keras.Model):
     if cfg.lam_depth_sm > 0:
       terms["depth_smooth"] = losses_lib.depth_smoothness(
           out.canon_depth, cfg.min_depth, cfg.max_depth)
-      total += cfg.lam_depth_sm * terms["depth_smooth"]
+      total += tf.cast(self.lam_depth_sm, tf.float32) * terms["depth_smooth"]
     terms["total"] = total
     return terms
 

@@ -38,7 +38,7 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Dict
+from typing import Dict, Optional
 
 from absl import app
 from absl import flags
@@ -141,6 +141,29 @@ class FlipWeightSchedule(keras.callbacks.Callback):
 
   def on_epoch_begin(self, epoch, logs=None):
     self.model.lam_flip.assign(1.0 if epoch < self.start_epoch else self.lam_flip)
+
+
+def depth_smoothness_weight(epoch: int, epochs: int, start: float,
+                            final: Optional[float]) -> float:
+  """The depth smoothness weight of an epoch: `start` (--lam_depth_sm) in the
+  first epoch, moving linearly to `final` (--lam_depth_sm_final) in the last;
+  constant when `final` is None."""
+  if final is None or epochs <= 1:
+    return start
+  return start + (final - start) * min(epoch, epochs - 1) / (epochs - 1)
+
+
+class DepthSmoothnessSchedule(keras.callbacks.Callback):
+  """Sets the model's depth smoothness weight at each epoch's start
+  (`depth_smoothness_weight`); a resumed run gets its epoch's weight."""
+
+  def __init__(self, epochs: int, start: float, final: Optional[float]):
+    super().__init__()
+    self.epochs, self.start, self.final = epochs, start, final
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self.model.lam_depth_sm.assign(
+        depth_smoothness_weight(epoch, self.epochs, self.start, self.final))
 
 
 class Progress(keras.callbacks.Callback):
@@ -277,6 +300,7 @@ class TensorBoardLogger(keras.callbacks.Callback):
         tf.summary.scalar("train/images_per_s", self.progress.images_per_second())
         tf.summary.scalar("train/skipped_steps", int(self.model.skipped_steps.numpy()))
         tf.summary.scalar("train/lam_flip", float(self.model.lam_flip.numpy()))
+        tf.summary.scalar("train/lam_depth_sm", float(self.model.lam_depth_sm.numpy()))
       self._window = {}
     if self.images_every > 0 and step % self.images_every == 0:
       self.write_pictures(step)
@@ -537,6 +561,7 @@ def _train(config, data, run_dir, write_dir, chief, epochs, steps_per_epoch,
   callbacks = [
       StepCounter(step),
       FlipWeightSchedule(FLAGS.lam_flip_start_epoch, config.lam_flip),
+      DepthSmoothnessSchedule(FLAGS.epochs, config.lam_depth_sm, FLAGS.lam_depth_sm_final),
       guard,
       CheckpointSaver(manager, step, FLAGS.checkpoint_every),
       progress,
@@ -584,6 +609,11 @@ def main(argv):
   strategy = make_strategy(FLAGS.strategy)
   precision = precision_for(FLAGS.mixed_precision)
   config = tflags.model_config()
+  final = FLAGS.lam_depth_sm_final
+  if final is not None and (final < 0 or config.lam_depth_sm <= 0):
+    raise app.UsageError(f"--lam_depth_sm_final={final} needs --lam_depth_sm > 0 (the "
+                         f"first epoch's weight; it is {config.lam_depth_sm}) and a "
+                         "final weight >= 0")
   data = runs.data_source_from_flags(config.image_size)
   try:
     data.check(("train",))

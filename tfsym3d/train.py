@@ -132,17 +132,6 @@ class CheckpointSaver(keras.callbacks.Callback):
     self._save()
 
 
-class FlipWeightSchedule(keras.callbacks.Callback):
-  """lam_flip = 1.0 for the first `start_epoch` epochs, then the config's."""
-
-  def __init__(self, start_epoch: int, lam_flip: float):
-    super().__init__()
-    self.start_epoch, self.lam_flip = start_epoch, lam_flip
-
-  def on_epoch_begin(self, epoch, logs=None):
-    self.model.lam_flip.assign(1.0 if epoch < self.start_epoch else self.lam_flip)
-
-
 def depth_smoothness_weight(epoch: int, epochs: int, start: float,
                             final: Optional[float]) -> float:
   """The depth smoothness weight of an epoch: `start` (--lam_depth_sm) in the
@@ -153,17 +142,23 @@ def depth_smoothness_weight(epoch: int, epochs: int, start: float,
   return start + (final - start) * min(epoch, epochs - 1) / (epochs - 1)
 
 
-class DepthSmoothnessSchedule(keras.callbacks.Callback):
-  """Sets the model's depth smoothness weight at each epoch's start
-  (`depth_smoothness_weight`); a resumed run gets its epoch's weight."""
+class LossWeightSchedule(keras.callbacks.Callback):
+  """Sets the model's per-epoch loss weights at each epoch's start (a resumed
+  run gets its epoch's): lam_flip = 1.0 for the first `flip_start_epoch`
+  epochs, then the config's; the depth smoothness weight by
+  `depth_smoothness_weight`."""
 
-  def __init__(self, epochs: int, start: float, final: Optional[float]):
+  def __init__(self, config, flip_start_epoch: int, epochs: int,
+               depth_sm_final: Optional[float]):
     super().__init__()
-    self.epochs, self.start, self.final = epochs, start, final
+    self.config, self.flip_start_epoch = config, flip_start_epoch
+    self.epochs, self.depth_sm_final = epochs, depth_sm_final
 
   def on_epoch_begin(self, epoch, logs=None):
-    self.model.lam_depth_sm.assign(
-        depth_smoothness_weight(epoch, self.epochs, self.start, self.final))
+    self.model.lam_flip.assign(
+        1.0 if epoch < self.flip_start_epoch else self.config.lam_flip)
+    self.model.lam_depth_sm.assign(depth_smoothness_weight(
+        epoch, self.epochs, self.config.lam_depth_sm, self.depth_sm_final))
 
 
 class Progress(keras.callbacks.Callback):
@@ -560,8 +555,8 @@ def _train(config, data, run_dir, write_dir, chief, epochs, steps_per_epoch,
   guard = NonFiniteGuard(step, FLAGS.max_nonfinite_steps)
   callbacks = [
       StepCounter(step),
-      FlipWeightSchedule(FLAGS.lam_flip_start_epoch, config.lam_flip),
-      DepthSmoothnessSchedule(FLAGS.epochs, config.lam_depth_sm, FLAGS.lam_depth_sm_final),
+      LossWeightSchedule(config, FLAGS.lam_flip_start_epoch, FLAGS.epochs,
+                         FLAGS.lam_depth_sm_final),
       guard,
       CheckpointSaver(manager, step, FLAGS.checkpoint_every),
       progress,

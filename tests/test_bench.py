@@ -12,7 +12,7 @@ import pytest
 from tfsym3d import bench
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-ENVIRONMENT_KEYS = {"device", "tensorflow", "keras", "load_avg_before", "load_avg_after"}
+ENVIRONMENT_KEYS = {"device", "tensorflow", "keras", "onednn", "load_avg_before", "load_avg_after"}
 
 
 def _positive(value):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import tfsym3d
 from tfsym3d import profiling
 
 
@@ -105,6 +106,20 @@ def test_trace_summary_counts_the_ops_that_ran(tmp_path):
   assert clusters and clusters[0]["count_per_step"] == pytest.approx(1.0)
   assert summary["by_part"]["xla"] > 0
   assert summary["op_ms_per_step"] >= convs[0]["ms_per_step"]
+  # conftest imports tfsym3d first, so the convolution ran on oneDNN.
+  assert tfsym3d.onednn_enabled()
+  assert 0 < summary["onednn_share"] <= 1
+
+
+@pytest.mark.parametrize("kernel, expected", [
+    ("_MklNativeConv2DBackpropFilter", ("Conv2DBackpropFilter", True)),
+    ("_MklConv2D", ("Conv2D", True)),
+    ("_MklNativeFusedConv2D", ("_FusedConv2D", True)),
+    ("_FusedConv2D", ("_FusedConv2D", False)),
+    ("Mul", ("Mul", False)),
+])
+def test_onednn_kernels_count_under_their_graph_op_type(kernel, expected):
+  assert profiling.graph_op_type(kernel) == expected
 
 
 def test_trace_summary_of_an_empty_directory_says_what_is_missing(tmp_path):

@@ -1,3 +1,25 @@
 """tfsym3d: unsupervised 3D reconstruction of probably-symmetric objects."""
 
+import os as _os
+
 __version__ = "0.1.0"
+
+# TensorFlow's oneDNN (MKL) CPU kernels are on by default only on x86 CPUs
+# with AVX-512; on AVX2 CPUs like ours it falls back to Eigen. oneDNN's
+# convolutions train the reference model 1.33x faster there (2.56 vs 1.92
+# images/s) and our renderer's forward + backward is 1.24x faster (200 vs
+# 248 ms). TensorFlow reads the variable when it is first imported, so it
+# is set here, before any of our modules imports TensorFlow; an explicit
+# TF_ENABLE_ONEDNN_OPTS=0 (or =1) from the user always wins. GPUs ignore it.
+_os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+
+def onednn_enabled() -> bool:
+  """Whether TensorFlow's CPU ops run on oneDNN in this process.
+
+  False also when TensorFlow was imported before tfsym3d without
+  TF_ENABLE_ONEDNN_OPTS=1 on a CPU where it is off by default.
+  """
+  # pylint: disable=g-import-not-at-top,g-direct-tensorflow-import
+  from tensorflow.python.util import _pywrap_util_port
+  return bool(_pywrap_util_port.IsMklEnabled())

@@ -62,6 +62,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+import tfsym3d
 from tfsym3d.config import ModelConfig
 
 BENCHMARKS = ("renderer", "train_step", "data", "inference")
@@ -114,7 +115,8 @@ def load_average() -> Optional[list]:
 def _environment() -> dict:
   import keras  # pylint: disable=g-import-not-at-top
   return {"device": device_description(), "tensorflow": tf.__version__,
-          "keras": keras.__version__, "load_avg_before": load_average()}
+          "keras": keras.__version__, "onednn": tfsym3d.onednn_enabled(),
+          "load_avg_before": load_average()}
 
 
 def _median_ms(seconds: Sequence[float]) -> float:
@@ -854,16 +856,18 @@ def format_table(result: Dict) -> str:
     if "profile" in result:
       prof = result["profile"]
       lines.append(f"  profile ({prof['op_ms_per_step']:.0f} ms of op time per step, "
-                   f"summed over threads; trace in {result['profile_dir']}):")
+                   f"summed over threads, {prof['onednn_share']:.0%} in oneDNN kernels; "
+                   f"trace in {result['profile_dir']}):")
       lines.append(f"    {'op type':<28}{'ms/step':>10}{'share':>8}{'ops/step':>10}")
       for entry in prof["top_op_types"]:
         lines.append(f"    {entry['op_type']:<28}{entry['ms_per_step']:10.1f}"
                      f"{entry['share']:8.1%}{entry['count_per_step']:10.0f}")
       parts = ", ".join(f"{k} {v:.0f}" for k, v in prof["by_part"].items())
       lines.append(f"    by part (ms/step): {parts}")
+  onednn = "on" if result["onednn"] else "off"
   lines.append(f"device: {result['device']}; TF {result['tensorflow']}, Keras "
-               f"{result['keras']}; load average before {result['load_avg_before']}, "
-               f"after {result['load_avg_after']}")
+               f"{result['keras']}, oneDNN {onednn}; load average before "
+               f"{result['load_avg_before']}, after {result['load_avg_after']}")
   return "\n".join(lines)
 
 

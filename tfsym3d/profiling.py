@@ -45,6 +45,24 @@ _CONTAINERS = {"StatefulPartitionedCall", "PartitionedCall", "If", "StatelessIf"
 
 
 _BACKWARD_CONVOLUTIONS = ("Conv2DBackpropInput", "Conv2DBackpropFilter")
+# oneDNN's graph rewrite renames the kernels it takes over (Conv2D runs as
+# _MklNativeConv2D, older builds _MklConv2D).
+_ONEDNN_PREFIX = re.compile(r"^_Mkl(Native)?")
+
+
+def graph_op_type(kernel_type: str) -> "tuple[str, bool]":
+  """The graph's op type of a traced kernel, and whether oneDNN ran it.
+
+  '_MklNativeConv2DBackpropFilter' -> ('Conv2DBackpropFilter', True);
+  '_MklNativeFusedConv2D' -> ('_FusedConv2D', True); 'Mul' -> ('Mul', False).
+  """
+  stripped = _ONEDNN_PREFIX.sub("", kernel_type)
+  if stripped == kernel_type:
+    return kernel_type, False
+  # oneDNN drops the leading underscore of the internal fused ops' names.
+  if stripped.startswith("Fused"):
+    stripped = "_" + stripped
+  return stripped, True
 
 
 def _backward_convolution_flops(op) -> float:
@@ -143,8 +161,10 @@ def summarize_trace(log_dir: str, steps: int, top: int = 15) -> Dict:
     top: how many op types to list.
   Returns:
     {"op_ms_per_step": total, "top_op_types": [{"op_type", "ms_per_step",
-     "share", "count_per_step"}], "by_part": {part: ms_per_step} (largest
-     first), "xplane": the file read}. XLA-compiled clusters (the
+     "share", "count_per_step"}] (graph op types: a oneDNN kernel counts
+     under the op it replaces), "onednn_share": the share of op time in
+     oneDNN kernels, "by_part": {part: ms_per_step} (largest first),
+     "xplane": the file read}. XLA-compiled clusters (the
     rasterizer's face stage; with --jit_compile the networks too) count as
     op type 'XLA cluster', part 'xla'.
   """
@@ -154,6 +174,7 @@ def summarize_trace(log_dir: str, steps: int, top: int = 15) -> Dict:
   with open(path, "rb") as f:
     space.ParseFromString(f.read())
   by_type, counts, by_part = collections.Counter(), collections.Counter(), collections.Counter()
+  onednn_ms = 0.0
   for plane in space.planes:
     if plane.name != "/host:CPU":
       continue
@@ -169,9 +190,12 @@ def summarize_trace(log_dir: str, steps: int, top: int = 15) -> Dict:
         elif "::" in name or ":" not in name:
           continue                   # executor bookkeeping, not an op
         else:
-          op_name, op_type = name.rsplit(":", 1)
-          if op_type in _CONTAINERS:
+          op_name, kernel_type = name.rsplit(":", 1)
+          if kernel_type in _CONTAINERS:
             continue
+          op_type, onednn = graph_op_type(kernel_type)
+          if onednn:
+            onednn_ms += event.duration_ps / 1e9
           part = part_of(op_name)
         ms = event.duration_ps / 1e9
         by_type[op_type] += ms
@@ -184,4 +208,5 @@ def summarize_trace(log_dir: str, steps: int, top: int = 15) -> Dict:
        "share": ms / total if total else 0.0, "count_per_step": counts[name] / steps}
       for name, ms in by_type.most_common(top)]
   return {"op_ms_per_step": total / steps, "top_op_types": top_types,
+          "onednn_share": onednn_ms / total if total else 0.0,
           "by_part": {k: v / steps for k, v in by_part.most_common()}, "xplane": path}

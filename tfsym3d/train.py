@@ -48,6 +48,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+import tfsym3d
 from tfsym3d import flags as tflags
 from tfsym3d import evaluate as evaluate_lib
 from tfsym3d import metrics
@@ -505,8 +506,9 @@ def _train(config, data, run_dir, write_dir, chief, epochs, steps_per_epoch,
   if data.batch_size % replicas:
     raise app.UsageError(f"--batch_size={data.batch_size} must be a multiple of the "
                          f"{replicas} replicas")
-  logging.info("%d replica(s): %s; networks in %s%s", replicas,
+  logging.info("%d replica(s): %s; networks in %s; oneDNN CPU kernels %s%s", replicas,
                strategy.extended.worker_devices, precision,
+               "on" if tfsym3d.onednn_enabled() else "off",
                "" if chief else f"; not the chief: checkpoints and summaries go to "
                f"{write_dir} (deleted at the end)")
   with strategy.scope():

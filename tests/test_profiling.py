@@ -116,6 +116,7 @@ def test_trace_summary_counts_the_ops_that_ran(tmp_path):
     ("_MklConv2D", ("Conv2D", True)),
     ("_MklNativeFusedConv2D", ("_FusedConv2D", True)),
     ("_FusedConv2D", ("_FusedConv2D", False)),
+    ("_MklNativeFusedBatchNormV3", ("FusedBatchNormV3", True)),
     ("Mul", ("Mul", False)),
 ])
 def test_onednn_kernels_count_under_their_graph_op_type(kernel, expected):

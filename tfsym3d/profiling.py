@@ -48,6 +48,8 @@ _BACKWARD_CONVOLUTIONS = ("Conv2DBackpropInput", "Conv2DBackpropFilter")
 # oneDNN's graph rewrite renames the kernels it takes over (Conv2D runs as
 # _MklNativeConv2D, older builds _MklConv2D).
 _ONEDNN_PREFIX = re.compile(r"^_Mkl(Native)?")
+_INTERNAL_FUSED_OPS = {"_FusedConv2D", "_FusedMatMul", "_FusedDepthwiseConv2dNative",
+                       "_FusedBatchMatMulV2", "_FusedConv3D"}
 
 
 def graph_op_type(kernel_type: str) -> "tuple[str, bool]":
@@ -59,8 +61,9 @@ def graph_op_type(kernel_type: str) -> "tuple[str, bool]":
   stripped = _ONEDNN_PREFIX.sub("", kernel_type)
   if stripped == kernel_type:
     return kernel_type, False
-  # oneDNN drops the leading underscore of the internal fused ops' names.
-  if stripped.startswith("Fused"):
+  # oneDNN drops the leading underscore of Grappler's internal fused ops'
+  # names; public ones such as FusedBatchNormV3 never had one.
+  if "_" + stripped in _INTERNAL_FUSED_OPS:
     stripped = "_" + stripped
   return stripped, True
 

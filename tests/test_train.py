@@ -19,9 +19,10 @@ import tensorflow as tf
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.cfg")
-# The subprocesses share XLA's persistent compilation cache: compiling the
-# renderer's XLA stages is most of a tiny run's start-up, and it is the same
-# programs every time.
+# configs/tiny.cfg runs the renderer without XLA; the subprocesses that do
+# compile its stages (the MirroredStrategy comparison builds a default
+# model) share XLA's persistent compilation cache, as the programs are
+# the same every time.
 XLA_CACHE = pathlib.Path(tempfile.gettempdir()) / "tfsym3d-tests-xla-cache"
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO),
            TF_XLA_FLAGS=(os.environ.get("TF_XLA_FLAGS", "") +

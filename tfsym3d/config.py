@@ -53,6 +53,10 @@ class ModelConfig:
   learning_rate: float = 1e-4
   weight_decay: float = 5e-4
   rasterizer: str = "tf"          # 'tf' (pure TensorFlow) or 'tfg'
+  # The 'tf' renderer's stages XLA-compiled (faster steps, a compile per
+  # shape at start) or run as plain TensorFlow ops. Not a model constant:
+  # results agree to float rounding either way.
+  renderer_xla: bool = True
 
   def __post_init__(self):
     if self.image_size < 16 or self.image_size % 16:

@@ -67,14 +67,16 @@ def evaluate_model(model, data, split: str, num: Optional[int], out_dir: Optiona
   dataset = data.eval_dataset(split, num, batch_size=batch_size)
   camera = model.renderer.camera
 
-  @tf.function
+  # autograph=False: the model and metrics are plain TensorFlow, and
+  # converting them costs seconds at every start.
+  @tf.function(autograph=False)
   def infer(images, depth_gt):
     out = model(images, training=False)
     mask = metrics.evaluation_mask(depth_gt, out.recon_mask)
     return (metrics.side(out.recon_depth, depth_gt, mask),
             metrics.mad(out.recon_depth, depth_gt, mask, camera), out.as_dict())
 
-  @tf.function
+  @tf.function(autograph=False)
   def baseline(depth, depth_gt):
     mask = metrics.evaluation_mask(depth_gt)
     return (metrics.side(depth, depth_gt, mask),

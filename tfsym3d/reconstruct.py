@@ -180,8 +180,9 @@ class Reconstructor:
                                      tf.tile(albedo, [k, 1, 1, 1]),
                                      tf.tile(light, [k, 1]),
                                      tf.constant(self.light_directions), self.camera)
-    textured = self.renderer.yaw_views(depth, canon / 2 + 0.5, self.gif_frames)
-    shape = self.renderer.shaded_yaw_views(depth, self.gif_frames)
+    turning = self.renderer.turntable(depth, {"textured": canon / 2 + 0.5},
+                                      self.gif_frames, shaded=True)
+    textured, shape = turning["textured"], turning["shape"]
     return {
         "input": image[0], "depth": factors.depth[0], "albedo": factors.albedo[0],
         "normal": normal[0].numpy(), "diffuse_shading": diffuse[0].numpy(),

@@ -231,7 +231,9 @@ class Validation(keras.callbacks.Callback):
   def results(self) -> Dict[str, float]:
     """Means over the validation set (per image for SIDE and MAD)."""
     if self._batch_fn is None:
-      self._batch_fn = tf.function(self._batch)
+      # Plain TensorFlow throughout: no AutoGraph conversion to pay for at
+      # every run's first validation.
+      self._batch_fn = tf.function(self._batch, autograph=False)
     sums, counts = {}, {}
     for batch in self.dataset:
       images, depth = batch if isinstance(batch, tuple) else (batch, None)

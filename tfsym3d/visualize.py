@@ -212,12 +212,11 @@ def yaw_frames(renderer, out, num_frames: int = 9) -> Dict[str, np.ndarray]:
   Styles: 'textured' (canonical image), 'normal' (normal colours), 'shape'
   (textureless, lit from the camera).
   """
-  textured = renderer.yaw_views(out.canon_depth, out.canon_image / 2 + 0.5, num_frames)
-  normal = renderer.yaw_views(out.canon_depth, (out.canon_normal + 1) / 2, num_frames)
-  shape = renderer.shaded_yaw_views(out.canon_depth, num_frames)
-  shape = tf.tile(shape, [1, 1, 1, 1, 3])
-  return {"textured": unit_to_uint8(textured), "normal": unit_to_uint8(normal),
-          "shape": unit_to_uint8(shape)}
+  frames = renderer.turntable(
+      out.canon_depth, {"textured": out.canon_image / 2 + 0.5,
+                        "normal": (out.canon_normal + 1) / 2}, num_frames, shaded=True)
+  frames["shape"] = tf.tile(frames["shape"], [1, 1, 1, 1, 3])
+  return {name: unit_to_uint8(value) for name, value in frames.items()}
 
 
 def animation_strip(frames: Dict[str, np.ndarray], max_images: int = 4) -> np.ndarray:

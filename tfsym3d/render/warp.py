@@ -5,6 +5,7 @@ range, rasterizer backend); every method is a pure function of its tensors.
 """
 
 import math
+from typing import Dict, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -33,12 +34,31 @@ class Renderer:
     # differentiable barycentrics ('tfg'); see tfg_backend.rasterize_tfg.
     self.tfg_barycentrics = "stable"
     # The dense, differentiable parts around visibility are compiled by XLA
-    # (measured 3-6x faster on CPU, forward and backward). The rasterizer's
-    # own stages are compiled separately; the 'tfg' kernel cannot be.
-    self._posed_vertices = tf.function(self._posed_vertices_impl, jit_compile=True)
-    self._depth_of_faces = tf.function(self._depth_of_faces_impl, jit_compile=True)
-    self._canonical_grid = tf.function(self._canonical_grid_impl, jit_compile=True)
-    self._sample = tf.function(bilinear_sample, jit_compile=True)
+    # (measured 3-6x faster on CPU, forward and backward) unless
+    # config.renderer_xla is off. The rasterizer's own stages are compiled
+    # separately; the 'tfg' kernel cannot be.
+    self.xla = config.renderer_xla
+    self._compiled = {name: tf.function(function, jit_compile=True) for name, function in (
+        ("posed_vertices", self._posed_vertices_impl),
+        ("depth_of_faces", self._depth_of_faces_impl),
+        ("canonical_grid", self._canonical_grid_impl),
+        ("sample", bilinear_sample))}
+
+  def _posed_vertices(self, canon_depth, view):
+    return self._dense("posed_vertices", self._posed_vertices_impl)(canon_depth, view)
+
+  def _depth_of_faces(self, screen, face_id):
+    return self._dense("depth_of_faces", self._depth_of_faces_impl)(screen, face_id)
+
+  def _canonical_grid(self, recon_depth, view):
+    return self._dense("canonical_grid", self._canonical_grid_impl)(recon_depth, view)
+
+  def _sample(self, images, grid):
+    return self._dense("sample", bilinear_sample)(images, grid)
+
+  def _dense(self, name, plain):
+    """The XLA-compiled form of a dense stage, or `plain` with xla off."""
+    return self._compiled[name] if self.xla else plain
 
   @property
   def depth_clamp(self):
@@ -46,11 +66,13 @@ class Renderer:
     margin = self.config.depth_margin
     return self.config.min_depth - margin, self.config.max_depth + margin
 
-  def rasterize(self, vertices):
-    """Rasterizes [B, S*S, 3] camera-space grid-mesh vertices -> Fragments."""
+  def rasterize(self, vertices, xla: Optional[bool] = None):
+    """Rasterizes [B, S*S, 3] camera-space grid-mesh vertices -> Fragments
+    (`xla`: None for the renderer's setting)."""
     return rasterize_lib.rasterize(vertices, self.faces, self.camera,
                                    self.config.rasterizer, grid_mesh=True,
-                                   tfg_barycentrics=self.tfg_barycentrics)
+                                   tfg_barycentrics=self.tfg_barycentrics,
+                                   xla=self.xla if xla is None else xla)
 
   def render_depth(self, vertices):
     """Depth of [B, S*S, 3] grid-mesh vertices seen by the camera: [B, S, S].
@@ -87,7 +109,7 @@ class Renderer:
     if self.config.rasterizer == "tf":
       size = self.config.image_size
       face_id = rasterize_lib.visible_faces(screen, None, size, size,
-                                            self.config.znear, self.config.zfar)
+                                            self.config.znear, self.config.zfar, self.xla)
       depth = self._depth_of_faces(screen, face_id)
     else:
       depth = self.render_depth(vertices)
@@ -121,54 +143,69 @@ class Renderer:
     """Samples the canonical image into the input view: [B, S, S, 3]."""
     return self._sample(canon_image, self.canonical_grid(recon_depth, view))
 
-  def _turning(self, canon_depth, num_frames, max_yaw_degrees):
-    """Yields (turned vertices [B, N, 3], fragments) for evenly spaced yaws."""
+  def turntable(self, canon_depth, vertex_colors: Optional[Dict[str, tf.Tensor]] = None,
+                num_frames: int = 9, max_yaw_degrees: float = 90.0, shaded: bool = False,
+                background=1.0, light=(0.0, 0.0, 1.0)) -> Dict[str, tf.Tensor]:
+    """The canonical mesh turning about the y axis (METHOD 9), every style
+    from one rasterization per frame.
+
+    Args:
+      canon_depth: [B, S, S] canonical depth.
+      vertex_colors: by style name, [B, S, S, C] a colour per vertex (e.g.
+        the canonical image or normals, mapped to [0, 1]).
+      num_frames: yaws evenly spaced from -max_yaw to +max_yaw.
+      shaded: also a textureless style 'shape': the geometry alone, its
+        shading recomputed in every view from the rendered depth and lit from
+        `light` (the camera side by default).
+      background: colour of uncovered pixels in the coloured styles (the
+        'shape' style's background is white).
+    Returns:
+      By style, [num_frames, B, S, S, C] frames in [0, 1] (C = 1 for 'shape').
+    """
+    colors = {name: tf.reshape(value, [tf.shape(value)[0], -1, value.shape[-1]])
+              for name, value in (vertex_colors or {}).items()}
+    direction = tf.constant(light, tf.float32)
+    direction = direction / tf.norm(direction)
+    frames = {name: [] for name in list(colors) + (["shape"] if shaded else [])}
     vertices = mesh.depth_to_vertices(canon_depth, self.camera)
     for yaw in np.linspace(-max_yaw_degrees, max_yaw_degrees, num_frames):
       view = yaw_view(tf.shape(canon_depth)[0], float(yaw))
       turned = geometry.rigid_transform(vertices, view, self.config.rot_center_depth)
-      yield turned, self.rasterize(turned)
+      # Without XLA: every yaw's mesh has its own bucketed sizes, and
+      # compiling them costs far more than these few renders save.
+      fragments = self.rasterize(turned, xla=False)
+      for name, value in colors.items():
+        frames[name].append(interpolate_lib.interpolate(value, self.faces, fragments,
+                                                        background))
+      if shaded:
+        depth = interpolate_lib.interpolate(turned[..., 2:3], self.faces, fragments,
+                                            background=self.config.zfar)[..., 0]
+        normal = geometry.normals_from_depth(depth, self.camera)
+        # Same convention as the model's shading (METHOD 4): normals of a
+        # facing surface and a light from the camera both point along +z.
+        shade = tf.maximum(tf.reduce_sum(normal * direction, -1, keepdims=True), 0.0)
+        mask = fragments.mask[..., None]
+        frames["shape"].append((0.2 + 0.8 * shade) * mask + (1 - mask))
+    return {name: tf.stack(values) for name, values in frames.items()}
 
   def yaw_views(self, canon_depth, vertex_colors, num_frames: int = 9,
                 max_yaw_degrees: float = 90.0, background=1.0):
-    """Renders the canonical mesh turning about the y axis (METHOD 9).
+    """`turntable` of one colouring: [num_frames, B, S, S, C] frames.
 
     Args:
       canon_depth: [B, S, S] canonical depth.
-      vertex_colors: [B, S, S, C] a colour per vertex (e.g. the canonical
-        image or normals, mapped to [0, 1]).
-      num_frames: yaws evenly spaced from -max_yaw to +max_yaw.
+      vertex_colors: [B, S, S, C] a colour per vertex, in [0, 1].
       background: colour of uncovered pixels.
-    Returns:
-      [num_frames, B, S, S, C] frames.
     """
-    colors = tf.reshape(vertex_colors, [tf.shape(vertex_colors)[0], -1,
-                                        vertex_colors.shape[-1]])
-    return tf.stack([interpolate_lib.interpolate(colors, self.faces, fragments, background)
-                     for _, fragments in self._turning(canon_depth, num_frames,
-                                                       max_yaw_degrees)])
+    return self.turntable(canon_depth, {"colors": vertex_colors}, num_frames,
+                          max_yaw_degrees, background=background)["colors"]
 
   def shaded_yaw_views(self, canon_depth, num_frames: int = 9,
                        max_yaw_degrees: float = 90.0, light=(0.0, 0.0, 1.0)):
-    """Textureless views of the turning shape, lit from the camera side.
-
-    Shading is recomputed in every view from the rendered depth, so what is
-    shown is the geometry alone. Returns [num_frames, B, S, S, 1] in [0, 1]
-    (white background).
-    """
-    direction = tf.constant(light, tf.float32)
-    direction = direction / tf.norm(direction)
-    frames = []
-    for turned, fragments in self._turning(canon_depth, num_frames, max_yaw_degrees):
-      depth = interpolate_lib.interpolate(turned[..., 2:3], self.faces, fragments,
-                                          background=self.config.zfar)[..., 0]
-      normal = geometry.normals_from_depth(depth, self.camera)
-      # Same convention as the model's shading (METHOD 4): normals of a
-      # facing surface and a light from the camera both point along +z.
-      shade = tf.maximum(tf.reduce_sum(normal * direction, -1, keepdims=True), 0.0)
-      mask = fragments.mask[..., None]
-      frames.append((0.2 + 0.8 * shade) * mask + (1 - mask))
-    return tf.stack(frames)
+    """`turntable`'s textureless 'shape' style alone: [num_frames, B, S, S, 1]
+    in [0, 1], white background."""
+    return self.turntable(canon_depth, None, num_frames, max_yaw_degrees,
+                          shaded=True, light=light)["shape"]
 
 
 def yaw_view(batch, yaw_degrees: float):

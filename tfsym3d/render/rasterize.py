@@ -396,7 +396,7 @@ def visible_faces(screen, faces, height: int, width: int, znear=0.1, zfar=10.0,
     faces = tf.convert_to_tensor(faces, tf.int32)
     num_faces = tf.shape(faces)[0]
     best, box = _stage(_first_tier_mesh, xla)(_gather_corners(screen, faces), faces,
-                                 height, width, znear, zfar)
+                                              height, width, znear, zfar)
 
   # Faces left by the first tier, gathered (padded to a bucket size so the
   # XLA stages see few shapes): corners [3, 3, M], vertex ids [3, M].
@@ -413,9 +413,9 @@ def visible_faces(screen, faces, height: int, width: int, znear=0.1, zfar=10.0,
 
   index, corners, vertex_ids, valid = gather_faces(
       (box > _FIRST_SLOTS) & (box <= _SECOND_SLOTS))
-  best = tf.minimum(best, _stage(_second_tier, xla)(corners, vertex_ids, index % num_faces,
-                                       index // num_faces, valid, num_pixels,
-                                       height, width, znear, zfar))
+  best = tf.minimum(best, _stage(_second_tier, xla)(
+      corners, vertex_ids, index % num_faces, index // num_faces, valid, num_pixels,
+      height, width, znear, zfar))
 
   # The few large faces: enumerate (face, row) pairs, then the pixel
   # centres of each pair's exact run.

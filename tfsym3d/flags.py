@@ -47,7 +47,7 @@ _MODEL_HELP = {
     "rasterizer": ("Rasterizer backend: 'tf' (pure TensorFlow, any device) or 'tfg' "
                    "(tensorflow-graphics' CPU kernel, compiled on first use)."),
     "renderer_xla": ("Compile the 'tf' renderer's stages with XLA: 3-6x faster "
-                     "steps on CPU after a compile of about 20 s per process (cached "
+                     "on CPU after a compile of about 20 s per process (cached "
                      "across processes by TF_XLA_FLAGS=--tf_xla_persistent_cache_"
                      "directory=DIR). Off: plain TensorFlow ops, no compile; for "
                      "runs of a few steps (configs/tiny.cfg)."),

@@ -38,27 +38,11 @@ class Renderer:
     # config.renderer_xla is off. The rasterizer's own stages are compiled
     # separately; the 'tfg' kernel cannot be.
     self.xla = config.renderer_xla
-    self._compiled = {name: tf.function(function, jit_compile=True) for name, function in (
-        ("posed_vertices", self._posed_vertices_impl),
-        ("depth_of_faces", self._depth_of_faces_impl),
-        ("canonical_grid", self._canonical_grid_impl),
-        ("sample", bilinear_sample))}
-
-  def _posed_vertices(self, canon_depth, view):
-    return self._dense("posed_vertices", self._posed_vertices_impl)(canon_depth, view)
-
-  def _depth_of_faces(self, screen, face_id):
-    return self._dense("depth_of_faces", self._depth_of_faces_impl)(screen, face_id)
-
-  def _canonical_grid(self, recon_depth, view):
-    return self._dense("canonical_grid", self._canonical_grid_impl)(recon_depth, view)
-
-  def _sample(self, images, grid):
-    return self._dense("sample", bilinear_sample)(images, grid)
-
-  def _dense(self, name, plain):
-    """The XLA-compiled form of a dense stage, or `plain` with xla off."""
-    return self._compiled[name] if self.xla else plain
+    dense = (lambda f: tf.function(f, jit_compile=True)) if self.xla else (lambda f: f)
+    self._posed_vertices = dense(self._posed_vertices_impl)
+    self._depth_of_faces = dense(self._depth_of_faces_impl)
+    self._canonical_grid = dense(self._canonical_grid_impl)
+    self._sample = dense(bilinear_sample)
 
   @property
   def depth_clamp(self):

@@ -17,6 +17,7 @@ from absl import logging
 from tfsym3d import geometry
 from tfsym3d import losses as losses_lib
 from tfsym3d import nets
+from tfsym3d import step as step_lib
 from tfsym3d.config import ModelConfig
 from tfsym3d.render.warp import Renderer
 
@@ -316,56 +317,25 @@ class Unsup3D(keras.Model):
   def train_step(self, data):
     """One Adam step on a batch of images (Keras `fit` calls this).
 
-    Weight decay is classic L2 (METHOD 6): `weight_decay * w` is added to each
-    gradient before Adam, not decoupled as in AdamW. A step whose loss or
-    gradients are not finite on any replica is skipped whole (weights and
-    Adam state untouched); `nonfinite_streak` counts such steps in a row and
-    `skipped_steps` all of them, for `tfsym3d.train`'s guard.
-
-    With a `keras.optimizers.LossScaleOptimizer` (mixed_float16) the loss is
-    multiplied by the dynamic scale before differentiation and the gradients
-    (decay included) divided by it before Adam. A step whose loss is finite
-    but whose scaled gradients overflow is a loss-scale overflow, not a bad
-    step: it is skipped and the scale halved, and the guard does not count it
-    (unless the scale is already down to 1).
+    Applying the gradients (replica scaling, classic L2 decay, the loss-scale
+    policy of mixed_float16 and the skip of non-finite steps) is
+    `tfsym3d.step.GuardedUpdate`'s job. `nonfinite_streak` counts skipped
+    bad steps in a row and `skipped_steps` all of them, for
+    `tfsym3d.train`'s guard; a loss-scale overflow is not a bad step.
     """
     images = _images_of(data)
-    variables = self.trainable_variables
-    optimizer = self.optimizer
-    scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    update = step_lib.GuardedUpdate(self.optimizer, self.config.weight_decay)
     with tf.GradientTape() as tape:
       terms = self.compute_losses(images, self(images, training=True))
-      # fit() sums replica gradients: scale to the global-batch mean.
-      replicas = tf.distribute.get_strategy().num_replicas_in_sync
-      scaled = terms["total"] / replicas
-      to_differentiate = optimizer.scale_loss(scaled) if scaling else scaled
-    grads = tape.gradient(to_differentiate, variables)
+      loss = update.loss_for_gradients(terms["total"])
+    grads = tape.gradient(loss, self.trainable_variables)
     with tf.name_scope("optimizer"):   # names the update's ops in profiles
-      # Variables without a gradient (e.g. the perceptual confidence head
-      # when the perceptual term is off) are left out rather than warned about.
-      pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
-      finite_grads = tf.reduce_all(
-          [tf.reduce_all(tf.math.is_finite(g)) for g, _ in pairs])
-      finite_loss = tf.math.is_finite(scaled)
-      # Replica gradients are summed: each adds its share of the decay (times
-      # the loss scale, which the LossScaleOptimizer divides out again).
-      decay = self.config.weight_decay / replicas
-      if scaling:
-        decay = decay * tf.cast(optimizer.dynamic_scale, tf.float32)
-      pairs = [(g + tf.cast(decay, g.dtype) * v, v) for g, v in pairs]
-      finite, overflow = _apply_if_finite(optimizer, pairs, finite_loss, finite_grads)
-    bad = tf.logical_not(tf.logical_or(finite, overflow))
-    self.nonfinite_streak.assign(tf.where(bad, self.nonfinite_streak + 1, 0))
-    self.skipped_steps.assign_add(tf.where(finite, 0, 1))
+      outcome = update.apply(grads, self.trainable_variables, terms["total"])
+    step_lib.count_skips(outcome, self.nonfinite_streak, self.skipped_steps)
     terms["nonfinite_streak"] = self.nonfinite_streak.value()
-    if scaling:
-      terms["loss_scale"] = tf.cast(optimizer.dynamic_scale, tf.float32)
-    if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
-      # Keras averages step outputs over the workers' replicas with
-      # `strategy.reduce(MEAN, value, axis=0)`, which needs an axis: [1]
-      # vectors reduce to the same scalars as on one worker.
-      terms = {k: v[None] for k, v in terms.items()}
-    return terms
+    if update.scaling:
+      terms["loss_scale"] = update.loss_scale()
+    return step_lib.step_logs(terms)
 
   def test_step(self, data):
     """Loss terms of a batch for Keras' `evaluate` (training validates with
@@ -377,70 +347,6 @@ class Unsup3D(keras.Model):
 def _images_of(data):
   """The images of a batch that may be `images` or `(images, depth_gt)`."""
   return data[0] if isinstance(data, (tuple, list)) else data
-
-
-def _apply_if_finite(optimizer, grads_and_vars, finite_loss, finite_grads):
-  """Applies the gradients only when loss and gradients are finite on every
-  replica; returns the replica-agreed (applied, overflow) flags.
-
-  `overflow` (a loss-scale overflow) is only ever true for a
-  `keras.optimizers.LossScaleOptimizer`: finite loss, non-finite scaled
-  gradients and a scale above 1. Its scale is then halved.
-
-  Under a distribution strategy (even with one replica) the update calls
-  `merge_call`, which may not sit inside a replica-context `cond`: the
-  replicas (and workers) agree on the flags with one all-reduce, then the
-  condition is taken in cross-replica context.
-  """
-  grads = [g for g, _ in grads_and_vars]
-  variables = [v for _, v in grads_and_vars]
-  scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-  if tf.distribute.has_strategy():
-    ctx = tf.distribute.get_replica_context()
-    bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(
-        tf.stack([~finite_loss, ~finite_grads]), tf.int32))
-    finite_loss, finite_grads = tf.equal(bad[0], 0), tf.equal(bad[1], 0)
-  finite = tf.logical_and(finite_loss, finite_grads)
-  overflow = tf.constant(False)
-  if scaling:
-    overflow = tf.logical_and(tf.logical_and(finite_loss, ~finite_grads),
-                              optimizer.dynamic_scale > 1.0)
-
-  def on_overflow():
-    # The LossScaleOptimizer's own bookkeeping for a skipped step.
-    optimizer.step_counter.assign(0)
-    optimizer.dynamic_scale.assign(optimizer.dynamic_scale / 2.0)
-
-  if not tf.distribute.has_strategy():
-    tf.cond(finite, lambda: _apply(optimizer, grads, variables), lambda: None)
-    if scaling:
-      tf.cond(overflow, on_overflow, lambda: None)
-    return finite, overflow
-
-  def merged(distribution, flags, grads, variables):
-    finite, overflow = distribution.experimental_local_results(flags)[0]
-
-    def apply_everywhere():
-      distribution.extended.call_for_each_replica(_apply,
-                                                  args=(optimizer, grads, variables))
-
-    tf.cond(finite, apply_everywhere, lambda: None)
-    if scaling:
-      tf.cond(overflow, on_overflow, lambda: None)
-
-  tf.distribute.get_replica_context().merge_call(
-      merged, args=((finite, overflow), grads, variables))
-  return finite, overflow
-
-
-def _apply(optimizer, grads, variables):
-  if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-    # Divides by the scale, applies Adam, and grows the scale after
-    # `dynamic_growth_steps` good steps (Keras' own finite-step path; the
-    # finiteness was decided above, over every replica).
-    optimizer._stateful_handle_finite_grads(grads, variables)  # noqa: SLF001
-  else:
-    optimizer.apply_gradients(zip(grads, variables))
 
 
 def make_optimizer(config: ModelConfig, learning_rate=None,

@@ -1,8 +1,8 @@
 """The inference graphs that every export format serialises.
 
-Only what inference needs runs here: the depth, albedo, light and view
-networks (and the confidence network for the full set), the canonical
-shading of METHOD 4 through `Unsup3D.shade`. No reprojection, no
+Only what inference needs runs here: the canonical factors from
+`Unsup3D.factors` (the confidence maps only for the full set) and the
+canonical shading of docs/method.md §4 through `Unsup3D.shade`. No reprojection, no
 rasterisation, no flipped half: those exist for the training losses.
 
 Two output sets:
@@ -34,7 +34,7 @@ def output_names(model, lean: bool = False):
   """The output names of a model's full (or lean) inference set, in order."""
   if lean:
     return LEAN_OUTPUTS
-  return FULL_OUTPUTS + (CONF_OUTPUTS if model.net_conf is not None else ())
+  return FULL_OUTPUTS + (CONF_OUTPUTS if model.has_confidence else ())
 
 
 def preprocess(images: tf.Tensor, image_size: int) -> tf.Tensor:
@@ -69,25 +69,22 @@ def decode_images(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
 
 def lean_outputs(model, x: tf.Tensor) -> Dict[str, tf.Tensor]:
   """depth, albedo in [0, 1], light, view of images x [N, S, S, 3] in [-1, 1]."""
-  light, _ = model.light(x)
-  with tf.name_scope(FLOAT_HEAD_SCOPE):
-    depth = model.depth(x)
-  return {"depth": depth, "albedo": model.net_albedo(x) / 2 + 0.5,
-          "light": light, "view": model.view(x)}
+  factors = model.factors(x, confidence=False, depth_scope=FLOAT_HEAD_SCOPE)
+  return {"depth": factors.depth, "albedo": factors.albedo / 2 + 0.5,
+          "light": factors.light, "view": factors.view}
 
 
 def full_outputs(model, x: tf.Tensor) -> Dict[str, tf.Tensor]:
   """Every output of the full set (module docstring) for x in [-1, 1]."""
-  depth = model.depth(x)
-  albedo = model.net_albedo(x)
-  light, direction = model.light(x)
-  normal, diffuse_shading, _, canonical = model.shade(depth, albedo, light, direction)
-  out = {"depth": depth, "albedo": albedo / 2 + 0.5, "normal": normal,
+  factors = model.factors(x)
+  normal, diffuse_shading, _, canonical = model.shade(
+      factors.depth, factors.albedo, factors.light, factors.light_direction)
+  out = {"depth": factors.depth, "albedo": factors.albedo / 2 + 0.5, "normal": normal,
          "shading": diffuse_shading,
          "canonical_image": tf.clip_by_value(canonical / 2 + 0.5, 0.0, 1.0),
-         "light": light, "view": model.view(x)}
-  if model.net_conf is not None:
-    out["conf_sigma_l1"], out["conf_sigma_percl"] = model.net_conf(x)
+         "light": factors.light, "view": factors.view}
+  if factors.confidence is not None:
+    out["conf_sigma_l1"], out["conf_sigma_percl"] = factors.confidence
   return out
 
 

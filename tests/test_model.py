@@ -228,3 +228,22 @@ def test_renderer_without_xla_matches_the_compiled_renderer():
   # Visible pixels and a non-trivial gradient: the comparison is not vacuous.
   assert (results[1][0].numpy() < 1.2).mean() > 0.5
   assert np.abs(results[1][3].numpy()).max() > 0
+
+
+def test_factors_are_the_decompositions_canonical_factors():
+  """`Unsup3D.factors` gives exactly the canonical factors `call` returns,
+  also when run network by network (the export path with a depth scope)."""
+  cfg = ModelConfig(image_size=32, nf=8, zdim=16, nf_encoder=8, nf_conf=8, zdim_conf=8,
+                    vgg_weights="none", lam_perc=0.0, renderer_xla=False)
+  model = Unsup3D(cfg)
+  images = tf.random.stateless_uniform([2, 32, 32, 3], [1, 2], -1.0, 1.0)
+  out = model(images)
+  for factors in (model.factors(images), model.factors(images, depth_scope="head")):
+    np.testing.assert_allclose(factors.depth, out.canon_depth, atol=1e-6)
+    np.testing.assert_allclose(factors.albedo, out.canon_albedo, atol=1e-6)
+    np.testing.assert_allclose(factors.light, out.light, atol=1e-6)
+    np.testing.assert_allclose(factors.light_direction, out.light_direction, atol=1e-6)
+    np.testing.assert_allclose(factors.view, out.view, atol=1e-6)
+    np.testing.assert_allclose(factors.confidence[0], out.conf_sigma_l1, atol=1e-6)
+    np.testing.assert_allclose(factors.confidence[1], out.conf_sigma_percl, atol=1e-6)
+  assert model.factors(images, confidence=False).confidence is None

@@ -6,6 +6,7 @@ absl flags directly, so the model can be built in tests and notebooks alone.
 """
 
 import dataclasses
+from typing import Optional
 
 RASTERIZER_BACKENDS = ("tf", "tfg")
 
@@ -81,4 +82,46 @@ class ModelConfig:
     return (self.max_depth - self.min_depth) / 2
 
   def replace(self, **changes) -> "ModelConfig":
+    return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """How a run trains, as opposed to what the model computes (`ModelConfig`).
+
+  `tfsym3d.flags.train_config()` builds one from the command line, once, in
+  `tfsym3d.train.main`; `tfsym3d.train.train` reads only this and the model
+  config, so a run can be driven in-process (tests, notebooks). The learning
+  rate itself is `ModelConfig.learning_rate`.
+  """
+  run_dir: str = "runs/default"
+  epochs: int = 30
+  steps_per_epoch: int = 0          # 0: one pass over the training split
+  seed: int = 0
+  lr_schedule: str = "constant"     # 'constant' or 'cosine' (to lr * lr_final_fraction)
+  lr_final_fraction: float = 0.1
+  adam_epsilon: float = 1e-8
+  # lam_flip is 1.0 for the first lam_flip_start_epoch epochs (docs/method.md §6).
+  lam_flip_start_epoch: int = 0
+  # None: a constant depth smoothness weight; else linear to this in the last epoch.
+  lam_depth_sm_final: Optional[float] = None
+  jit_compile: bool = False
+  checkpoint_every: int = 1000
+  keep_checkpoints: int = 3
+  init_from: str = ""
+  val_images: int = 512
+  log_every: int = 50
+  images_every: int = 500
+  max_nonfinite_steps: int = 5
+  progress: bool = True
+  # Written to <run_dir>/flags.txt (a flagfile that restarts the run); empty: none.
+  flagfile_text: str = ""
+
+  def __post_init__(self):
+    if self.epochs < 1:
+      raise ValueError(f"epochs={self.epochs}: must be >= 1 (--epochs)")
+    if self.lr_schedule not in ("constant", "cosine"):
+      raise ValueError(f"lr_schedule={self.lr_schedule!r}: use 'constant' or 'cosine'")
+
+  def replace(self, **changes) -> "TrainConfig":
     return dataclasses.replace(self, **changes)

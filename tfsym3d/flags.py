@@ -9,7 +9,7 @@ import dataclasses
 
 from absl import flags
 
-from tfsym3d.config import RASTERIZER_BACKENDS, ModelConfig
+from tfsym3d.config import RASTERIZER_BACKENDS, ModelConfig, TrainConfig
 
 FLAGS = flags.FLAGS
 
@@ -161,3 +161,14 @@ flags.DEFINE_integer("dump_images", 0, "Test mode: dump the results of the first
                      "images (input, albedo, canonical image, reconstructions, depth, "
                      "normals, confidence maps, light and view).")
 flags.DEFINE_bool("json", False, "Print the summary as one JSON object on stdout.")
+
+
+def train_config() -> TrainConfig:
+  """The TrainConfig the parsed command line asks for (read once, in main)."""
+  values = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(TrainConfig)
+            if f.name != "flagfile_text"}
+  values["init_from"] = values["init_from"] or ""
+  try:
+    return TrainConfig(flagfile_text=FLAGS.flags_into_string(), **values)
+  except ValueError as error:
+    raise flags.ValidationError(f"{error} (check the flags or the --flagfile)") from error

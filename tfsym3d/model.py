@@ -8,7 +8,7 @@ one structure; nothing outside this module calls the networks.
 
 import dataclasses
 import math
-from typing import Dict, Optional
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import keras
 import tensorflow as tf
@@ -20,6 +20,27 @@ from tfsym3d import nets
 from tfsym3d import step as step_lib
 from tfsym3d.config import ModelConfig
 from tfsym3d.render.warp import Renderer
+
+
+class CanonicalFactors(NamedTuple):
+  """The four factors of docs/method.md §2 and the confidence maps, for B
+  images of size S (what `Unsup3D.factors` returns).
+
+    depth: [B, S, S] canonical depth in [min_depth, max_depth], border
+      columns set to border_depth.
+    albedo: [B, S, S, 3] canonical albedo in [-1, 1].
+    light: [B, 4] (ambient, diffuse, lx, ly), ambient and diffuse rescaled.
+    light_direction: [B, 3] normalize([lx, ly, 1]).
+    view: [B, 6] (rx, ry, rz) in radians and (tx, ty, tz).
+    confidence: (sigma_l1 [B, S, S, 2], sigma_percl [B, S/4, S/4, 2]), or
+      None without a confidence network (or when not asked for).
+  """
+  depth: tf.Tensor
+  albedo: tf.Tensor
+  light: tf.Tensor
+  light_direction: tf.Tensor
+  view: tf.Tensor
+  confidence: Optional[Tuple[tf.Tensor, tf.Tensor]] = None
 
 
 @dataclasses.dataclass
@@ -186,6 +207,11 @@ class Unsup3D(keras.Model):
       named["netC"] = self.net_conf
     return named
 
+  @property
+  def has_confidence(self) -> bool:
+    """Whether the model has the confidence network (config.use_conf_map)."""
+    return self.net_conf is not None
+
   @staticmethod
   def _border_mask(size):
     """[1, S, S] 1.0 on the 2 leftmost and 2 rightmost columns."""
@@ -205,32 +231,72 @@ class Unsup3D(keras.Model):
     return (self.net_depth(images), self.net_albedo(images), self.net_light(images),
             self.net_view(images), conf)
 
-  def depth(self, images, raw=None):
-    """Canonical depth [B, S, S] (METHOD 2); `raw`: netD's output if known."""
+  def factors(self, images, confidence: bool = True,
+              depth_scope: Optional[str] = None) -> CanonicalFactors:
+    """The canonical factors of images [B, S, S, 3] in [-1, 1] (docs/method.md §2).
+
+    This is the one place the networks run: `call`, export and the
+    predictors all read their factors from here.
+
+    Args:
+      confidence: also run the confidence network (when the model has one).
+      depth_scope: a name scope for the depth network and its head. Export
+        names one so that full-int8 TFLite can keep exactly those ops in
+        float32; the networks then run one by one, not as one XLA program.
+    """
+    images = tf.convert_to_tensor(images, tf.float32)
+    if depth_scope is None and confidence:
+      raw_depth, albedo, raw_light, raw_view, conf = self._networks_fn(images)
+      depth = self._depth_head(raw_depth)
+    else:
+      with tf.name_scope(depth_scope or "depth"):
+        depth = self._depth_head(self.net_depth(images))
+      albedo, raw_light, raw_view = (self.net_albedo(images), self.net_light(images),
+                                     self.net_view(images))
+      conf = (self.net_conf(images) if confidence and self.net_conf is not None
+              else None)
+    light, direction = self._light_head(raw_light)
+    return CanonicalFactors(depth=depth, albedo=albedo, light=light,
+                            light_direction=direction, view=self._view_head(raw_view),
+                            confidence=None if conf is None else tuple(conf))
+
+  def _depth_head(self, raw):
+    """netD's output [B, S, S, 1] -> canonical depth [B, S, S] (docs/method.md §2)."""
     cfg = self.config
-    raw = (self.net_depth(images) if raw is None else raw)[..., 0]
+    raw = raw[..., 0]
+    # Zero-mean before tanh: the depth's offset is the viewpoint's job (tz).
     raw = raw - tf.reduce_mean(raw, axis=[1, 2], keepdims=True)
     depth = _rescale(tf.tanh(raw), cfg.min_depth, cfg.max_depth)
     border = self._depth_border
     return depth * (1 - border) + border * cfg.border_depth
 
-  def light(self, images, raw=None):
-    """(light [B, 4], direction [B, 3]) (METHOD 2); `raw`: netL's output."""
+  def _light_head(self, raw):
+    """netL's output [B, 4] -> (light [B, 4], direction [B, 3])."""
     cfg = self.config
-    raw = self.net_light(images) if raw is None else raw
     ambient = _rescale(raw[:, 0:1], cfg.min_amb_light, cfg.max_amb_light)
     diffuse = _rescale(raw[:, 1:2], cfg.min_diff_light, cfg.max_diff_light)
     light = tf.concat([ambient, diffuse, raw[:, 2:4]], axis=1)
     return light, light_direction(light)
 
-  def view(self, images, raw=None):
-    """Viewpoint [B, 6]: rotations in radians, then translations (METHOD 2);
-    `raw`: netV's output."""
+  def _view_head(self, raw):
+    """netV's output [B, 6] -> rotations in radians, then translations."""
     cfg = self.config
-    raw = self.net_view(images) if raw is None else raw
     return tf.concat([raw[:, 0:3] * math.radians(cfg.xyz_rotation_range),
                       raw[:, 3:5] * cfg.xy_translation_range,
                       raw[:, 5:6] * cfg.z_translation_range], axis=1)
+
+  def depth(self, images, raw=None):
+    """Canonical depth [B, S, S] (docs/method.md §2); `raw`: netD's output if known."""
+    return self._depth_head(self.net_depth(images) if raw is None else raw)
+
+  def light(self, images, raw=None):
+    """(light [B, 4], direction [B, 3]) (docs/method.md §2); `raw`: netL's output."""
+    return self._light_head(self.net_light(images) if raw is None else raw)
+
+  def view(self, images, raw=None):
+    """Viewpoint [B, 6]: rotations in radians, then translations
+    (docs/method.md §2); `raw`: netV's output."""
+    return self._view_head(self.net_view(images) if raw is None else raw)
 
   def shade(self, depth, albedo, light, direction):
     """Normals, diffuse shading, shading and canonical image (METHOD 4)."""
@@ -242,10 +308,9 @@ class Unsup3D(keras.Model):
     """Decomposes images [B, S, S, 3] in [-1, 1] (METHOD 2-5)."""
     images = tf.convert_to_tensor(images, tf.float32)
     batch = tf.shape(images)[0]
-    raw_depth, albedo, raw_light, raw_view, conf = self._networks_fn(images)
-    depth = self.depth(images, raw_depth)
-    light, direction = self.light(images, raw_light)
-    view = self.view(images, raw_view)
+    factors = self.factors(images)
+    depth, albedo, light, direction, view = (factors.depth, factors.albedo, factors.light,
+                                             factors.light_direction, factors.view)
 
     # Both halves at once: predicted factors and their mirror images share
     # the light and the viewpoint (METHOD 3).
@@ -264,7 +329,7 @@ class Unsup3D(keras.Model):
     mask = tf.stop_gradient(recon_mask2[:batch] * recon_mask2[batch:])
     recon_image2 = recon_image2 * tf.tile(mask, [2, 1, 1])[..., None]
 
-    conf_l1, conf_percl = conf if conf is not None else (None, None)
+    conf_l1, conf_percl = factors.confidence or (None, None)
 
     first, second = lambda t: t[:batch], lambda t: t[batch:]
     return Decomposition(

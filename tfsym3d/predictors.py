@@ -92,8 +92,8 @@ class CheckpointPredictor:
     @tf.function
     def factors(images):
       x = tf.cast(images, tf.float32) / 255.0 * 2 - 1
-      light, _ = model.light(x)
-      return model.depth(x), model.net_albedo(x), light, model.view(x)
+      factors = model.factors(x, confidence=False)
+      return factors.depth, factors.albedo, factors.light, factors.view
 
     self._factors = factors
 

@@ -74,8 +74,7 @@ _TRAIN_AND_SAVE = textwrap.dedent("""
       strategy = train.make_strategy(FLAGS.strategy)
       config = tflags.model_config()
       data = runs.data_source_from_flags(config.image_size)
-      result = train.train(config, data, FLAGS.run_dir, FLAGS.epochs,
-                           FLAGS.steps_per_epoch, strategy,
+      result = train.train(config, tflags.train_config(), data, strategy,
                            train.precision_for(FLAGS.mixed_precision))
       np.savez(FLAGS.weights_out, *result["model"].get_weights())
       print("chief", result["chief"], "steps", result["steps"])

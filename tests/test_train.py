@@ -354,3 +354,28 @@ def test_a_run_given_alone_brings_its_flags(tmp_path):
       ["prog", f"--model={tmp_path}"]
   assert runs.argv_with_run_flagfile(["prog", f"--checkpoint={run}"], "model") == \
       ["prog", f"--checkpoint={run}"]
+
+
+def test_train_in_process_reads_configs_not_flags(tmp_path):
+  """`train.train` runs from two configs alone (no flags parsed): the step
+  count, the epochs it was given (not --epochs) and the config's learning
+  rate are what the run uses."""
+  from tfsym3d import train as train_lib
+  from tfsym3d.config import ModelConfig, TrainConfig
+  from tfsym3d.data import sources
+  config = ModelConfig(image_size=16, nf=4, zdim=8, nf_encoder=4, nf_conf=4, zdim_conf=4,
+                       vgg_weights="none", lam_perc=0.0, renderer_xla=False,
+                       learning_rate=3e-4, lam_depth_sm=0.1)
+  train_config = TrainConfig(run_dir=str(tmp_path / "run"), epochs=2, steps_per_epoch=2,
+                             checkpoint_every=0, val_images=0, images_every=0,
+                             log_every=0, progress=False, lam_depth_sm_final=0.3)
+  data = sources.DataSource(dataset="synfaces", image_size=16, batch_size=2)
+  result = train_lib.train(config, train_config, data,
+                           tf.distribute.OneDeviceStrategy("/cpu:0"))
+  assert (result["steps"], result["epochs"], result["steps_per_epoch"]) == (4, 2, 2)
+  model = result["model"]
+  assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(3e-4)
+  # The depth smoothness schedule ends at the final weight in epoch 2 of 2.
+  assert float(model.lam_depth_sm.numpy()) == pytest.approx(0.3)
+  assert tf.train.latest_checkpoint(str(tmp_path / "run" / "ckpt")).endswith("ckpt-4")
+  assert not (tmp_path / "run" / "flags.txt").exists()   # no flagfile text given

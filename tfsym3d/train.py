@@ -54,7 +54,7 @@ from tfsym3d import evaluate as evaluate_lib
 from tfsym3d import metrics
 from tfsym3d import runs
 from tfsym3d import visualize
-from tfsym3d.config import ModelConfig
+from tfsym3d.config import ModelConfig, TrainConfig
 from tfsym3d.data import sources
 from tfsym3d.model import make_training_optimizer
 from tfsym3d.nets import check_precision
@@ -329,18 +329,21 @@ class TensorBoardLogger(keras.callbacks.Callback):
 
 # ------------------------------------------------------------------ run ----
 
-def _learning_rate(total_steps: int):
-  lr = FLAGS.learning_rate
-  if FLAGS.lr_schedule == "cosine":
+def learning_rate(config: ModelConfig, train_config: TrainConfig, total_steps: int):
+  """config.learning_rate, constant or cosine-decayed over `total_steps` to
+  lr * lr_final_fraction (train_config.lr_schedule)."""
+  lr = config.learning_rate
+  if train_config.lr_schedule == "cosine":
     return keras.optimizers.schedules.CosineDecay(lr, max(total_steps, 1),
-                                                  alpha=FLAGS.lr_final_fraction)
+                                                  alpha=train_config.lr_final_fraction)
   return lr
 
 
-def _write_flags(run_dir: str) -> None:
+def _write_flags(run_dir: str, text: str) -> None:
+  """Writes the run's flagfile (what restarts it) as <run_dir>/flags.txt."""
   os.makedirs(run_dir, exist_ok=True)
   with open(os.path.join(run_dir, "flags.txt"), "w") as f:
-    f.write(FLAGS.flags_into_string())
+    f.write(text)
 
 
 def restore_latest(checkpoint: tf.train.Checkpoint,
@@ -462,13 +465,17 @@ def _check_workers_agree(strategy: tf.distribute.Strategy, step: tf.Variable,
         "sees (a shared file system) holding the chief's checkpoints")
 
 
-def train(config: ModelConfig, data: sources.DataSource, run_dir: str,
-          epochs: int, steps_per_epoch: int = 0,
+def train(config: ModelConfig, train_config: TrainConfig, data: sources.DataSource,
           strategy: tf.distribute.Strategy = None,
           precision: str = "float32") -> Dict:
-  """Trains (or resumes) a run; returns a summary dict.
+  """Trains (or resumes) a run in train_config.run_dir; returns a summary
+  dict (steps, epochs, steps_per_epoch, train_seconds, model, chief,
+  validation). Reads no flags: `main` builds both configs from them.
 
   Args:
+    config: what the model computes (its learning_rate included).
+    train_config: how the run trains (epochs, schedules, checkpoints, logs).
+    data: the data source (`tfsym3d.runs.data_source_from_flags`).
     strategy: a tf.distribute strategy (`make_strategy`); None: mirrored.
     precision: the networks' dtype policy (`precision_for`).
   Raises TrainingStopped when the non-finite guard ends the run.
@@ -479,18 +486,19 @@ def train(config: ModelConfig, data: sources.DataSource, run_dir: str,
   # A non-chief worker takes part in every save (MultiWorkerMirroredStrategy
   # may reduce values while saving) but into a directory of its own that is
   # deleted at the end; it writes no summaries.
+  run_dir = train_config.run_dir
   write_dir = run_dir if chief else tempfile.mkdtemp(prefix="tfsym3d-worker-")
   try:
-    return _train(config, data, run_dir, write_dir, chief, epochs, steps_per_epoch,
-                  strategy, check_precision(precision))
+    return _train(config, train_config, data, write_dir, chief, strategy,
+                  check_precision(precision))
   finally:
     if not chief:
       shutil.rmtree(write_dir, ignore_errors=True)
 
 
-def _train(config, data, run_dir, write_dir, chief, epochs, steps_per_epoch,
-           strategy, precision):
+def _train(config, tc, data, write_dir, chief, strategy, precision):
   """`train` once the strategy and the directories are settled."""
+  run_dir, epochs, steps_per_epoch = tc.run_dir, tc.epochs, tc.steps_per_epoch
   data.check(("train",))
   if steps_per_epoch <= 0:
     size = data.train_size()
@@ -502,7 +510,7 @@ def _train(config, data, run_dir, write_dir, chief, epochs, steps_per_epoch,
       raise app.UsageError(f"{data.data_dir}/train holds {size} images, fewer than "
                            f"--batch_size={data.batch_size}")
   total_steps = epochs * steps_per_epoch
-  keras.utils.set_random_seed(FLAGS.seed)
+  keras.utils.set_random_seed(tc.seed)
 
   replicas = strategy.num_replicas_in_sync
   if data.batch_size % replicas:
@@ -516,26 +524,26 @@ def _train(config, data, run_dir, write_dir, chief, epochs, steps_per_epoch,
   with strategy.scope():
     # --jit_compile: the networks as one XLA program (see Unsup3D); Keras'
     # whole-step jit_compile cannot take the rasterizer's dynamic shapes.
-    model = runs.build_model(config, precision=precision, jit_compile=FLAGS.jit_compile)
-    optimizer = make_training_optimizer(config, _learning_rate(total_steps),
-                                        precision, FLAGS.adam_epsilon)
+    model = runs.build_model(config, precision=precision, jit_compile=tc.jit_compile)
+    optimizer = make_training_optimizer(config, learning_rate(config, tc, total_steps),
+                                        precision, tc.adam_epsilon)
     optimizer.build(model.trainable_variables)
     model.compile(optimizer=optimizer, jit_compile=False)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_step")
   checkpoint = runs.checkpoint_for(model, optimizer=optimizer, step=step)
   # Every worker resumes from the chief's checkpoints.
   resumed = restore_latest(checkpoint, tf.train.CheckpointManager(
-      checkpoint, os.path.join(run_dir, "ckpt"), max_to_keep=FLAGS.keep_checkpoints))
+      checkpoint, os.path.join(run_dir, "ckpt"), max_to_keep=tc.keep_checkpoints))
   manager = tf.train.CheckpointManager(checkpoint, os.path.join(write_dir, "ckpt"),
-                                       max_to_keep=FLAGS.keep_checkpoints)
+                                       max_to_keep=tc.keep_checkpoints)
   if resumed:
     logging.info("resumed from %s (step %d)", resumed, int(step.numpy()))
-  elif FLAGS.init_from:
-    prefix = runs.restore_weights(model, FLAGS.init_from)
+  elif tc.init_from:
+    prefix = runs.restore_weights(model, tc.init_from)
     logging.info("weights initialised from %s", prefix)
   _check_workers_agree(strategy, step, run_dir)
-  if chief:
-    _write_flags(run_dir)
+  if chief and tc.flagfile_text:
+    _write_flags(run_dir, tc.flagfile_text)
 
   start = int(step.numpy())
   if start >= total_steps:
@@ -546,26 +554,25 @@ def _train(config, data, run_dir, write_dir, chief, epochs, steps_per_epoch,
   stream = distributed_stream(strategy, data, start, steps_per_epoch)
 
   val_data = None
-  if FLAGS.val_images > 0 and chief:
+  if tc.val_images > 0 and chief:
     data.check(("val",))
-    val_data = data.eval_dataset("val", FLAGS.val_images)
+    val_data = data.eval_dataset("val", tc.val_images)
   sample = next(iter(data.eval_dataset("val" if val_data is not None else "train",
                                        8, batch_size=8)))
   sample_images = sample[0] if isinstance(sample, tuple) else sample
 
-  progress = Progress(total_steps, step, data.batch_size, FLAGS.progress and chief)
+  progress = Progress(total_steps, step, data.batch_size, tc.progress and chief)
   validation = (Validation(val_data, os.path.join(write_dir, "tb"), step, progress)
                 if val_data is not None else None)
-  guard = NonFiniteGuard(step, FLAGS.max_nonfinite_steps)
+  guard = NonFiniteGuard(step, tc.max_nonfinite_steps)
   callbacks = [
       StepCounter(step),
-      LossWeightSchedule(config, FLAGS.lam_flip_start_epoch, FLAGS.epochs,
-                         FLAGS.lam_depth_sm_final),
+      LossWeightSchedule(config, tc.lam_flip_start_epoch, epochs, tc.lam_depth_sm_final),
       guard,
-      CheckpointSaver(manager, step, FLAGS.checkpoint_every),
+      CheckpointSaver(manager, step, tc.checkpoint_every),
       progress,
   ] + ([TensorBoardLogger(os.path.join(run_dir, "tb"), os.path.join(run_dir, "images"),
-                          step, progress, FLAGS.log_every, FLAGS.images_every,
+                          step, progress, tc.log_every, tc.images_every,
                           sample_images)] if chief else []) + (
       [validation] if validation is not None else [])
   started = time.perf_counter()
@@ -608,7 +615,8 @@ def main(argv):
   strategy = make_strategy(FLAGS.strategy)
   precision = precision_for(FLAGS.mixed_precision)
   config = tflags.model_config()
-  final = FLAGS.lam_depth_sm_final
+  train_config = tflags.train_config()
+  final = train_config.lam_depth_sm_final
   if final is not None and (final < 0 or config.lam_depth_sm <= 0):
     raise app.UsageError(f"--lam_depth_sm_final={final} needs --lam_depth_sm > 0 (the "
                          f"first epoch's weight; it is {config.lam_depth_sm}) and a "
@@ -620,8 +628,7 @@ def main(argv):
     raise app.UsageError(str(error)) from None
   wall = time.perf_counter()
   try:
-    result = train(config, data, FLAGS.run_dir, FLAGS.epochs, FLAGS.steps_per_epoch,
-                   strategy, precision)
+    result = train(config, train_config, data, strategy, precision)
   except TrainingStopped as error:
     logging.error("%s", error)
     sys.exit(f"tfsym3d.train: {error}")

@@ -1,9 +1,12 @@
 """The photo-geometric autoencoder (METHOD 2-6) as one Keras model.
 
-`Unsup3D(config)(images)` returns a `Decomposition`: every factor, the
-reconstructions of both halves (predicted and flipped) and the confidence
-maps. Losses, training, visualisation, evaluation and export all read that
-one structure; nothing outside this module calls the networks.
+`Unsup3D.factors(images)` returns the canonical factors (`CanonicalFactors`:
+depth, albedo, light, view, confidence); `Unsup3D(config)(images)` returns a
+`Decomposition`: those factors, the reconstructions of both halves
+(predicted and flipped) and the confidence maps. Losses, training,
+visualisation, evaluation, export and the predictors read these two
+structures; nothing outside this module calls the networks. How a step
+applies its gradients is `tfsym3d.step`'s.
 """
 
 import dataclasses

@@ -1,4 +1,8 @@
-"""The five networks of METHOD 7 as Keras 3 models (NHWC).
+"""The five networks of docs/method.md §7 as Keras 3 models (NHWC).
+
+Each network is a literal list of layers in the reference's order, with the
+spatial size after each step in a comment, so it can be checked line by line
+against the paper and the reference code.
 
 Every network takes a Keras dtype policy `dtype` ("float32" by default, or
 "mixed_bfloat16" / "mixed_float16" for mixed precision): convolutions then
@@ -62,70 +66,74 @@ def check_precision(dtype):
   return dtype
 
 
-def _conv(ch, k, s, padding, name, dtype):
-  return keras.layers.Conv2D(ch, k, strides=s, padding=padding, use_bias=False,
-                             kernel_initializer=_torch_default_init(), name=name,
-                             dtype=dtype)
+# Each layer helper returns a maker `(name, dtype) -> layer`, so a network
+# is a literal list of layers in reference order that `_numbered` names
+# `<sequential>_<index>`: the names, hence the checkpoint keys, follow the
+# reference's module indices.
+
+def conv(ch, k, s=1, padding="same"):
+  """Conv2D without bias, PyTorch's default initialisation."""
+  return lambda name, dtype: keras.layers.Conv2D(
+      ch, k, strides=s, padding=padding, use_bias=False,
+      kernel_initializer=_torch_default_init(), name=name, dtype=dtype)
 
 
-def _tconv(ch, k, s, padding, name, dtype):
-  return keras.layers.Conv2DTranspose(ch, k, strides=s, padding=padding,
-                                      use_bias=False,
-                                      kernel_initializer=_torch_default_init(),
-                                      name=name, dtype=dtype)
+def tconv(ch, k, s=1, padding="same"):
+  """Conv2DTranspose without bias, PyTorch's default initialisation."""
+  return lambda name, dtype: keras.layers.Conv2DTranspose(
+      ch, k, strides=s, padding=padding, use_bias=False,
+      kernel_initializer=_torch_default_init(), name=name, dtype=dtype)
 
 
-def _gn(ch, name, dtype):
-  # 4 channels per group: 16 / 32 / 64 groups at nf = 64 as in the reference,
-  # and still valid at reduced widths. Keras' default eps is 1e-3; torch's 1e-5.
-  # Always float32: the group variance of 16-bit activations loses most of
-  # its digits (and overflows in float16); the layer casts its input up.
-  del dtype
-  return keras.layers.GroupNormalization(groups=max(ch // 4, 1), epsilon=1e-5,
-                                         name=name, dtype="float32")
+def group_norm(ch):
+  """GroupNorm with 4 channels per group, always in float32."""
+  # 16 / 32 / 64 groups at nf = 64 as in the reference, and still valid at
+  # reduced widths. Keras' default eps is 1e-3; torch's 1e-5. Always float32:
+  # the group variance of 16-bit activations loses most of its digits (and
+  # overflows in float16); the layer casts its input up.
+  return lambda name, dtype: keras.layers.GroupNormalization(
+      groups=max(ch // 4, 1), epsilon=1e-5, name=name, dtype="float32")
 
 
-def _lrelu(name, dtype):
-  # Keras' default slope is 0.3; the reference uses 0.2.
-  return keras.layers.LeakyReLU(negative_slope=0.2, name=name, dtype=dtype)
+def leaky_relu():
+  """LeakyReLU with the reference's slope 0.2 (Keras' default is 0.3)."""
+  return lambda name, dtype: keras.layers.LeakyReLU(negative_slope=0.2, name=name,
+                                                    dtype=dtype)
 
 
-def _relu(name, dtype):
-  return keras.layers.ReLU(name=name, dtype=dtype)
+def relu():
+  """ReLU."""
+  return lambda name, dtype: keras.layers.ReLU(name=name, dtype=dtype)
 
 
-def _upsample(name, dtype):
-  return keras.layers.UpSampling2D(2, interpolation="nearest", name=name, dtype=dtype)
+def upsample():
+  """Nearest-neighbour x2 upsampling."""
+  return lambda name, dtype: keras.layers.UpSampling2D(2, interpolation="nearest",
+                                                       name=name, dtype=dtype)
 
 
-def _act(kind, name, dtype):
-  # Output activations in float32: tanh saturates and softplus gives the
-  # confidence sigma, whose log and inverse enter the losses.
-  del dtype
-  return keras.layers.Activation(kind, name=name, dtype="float32")
+def output_activation(kind):
+  """An output activation ('tanh', 'softplus'), always in float32."""
+  # tanh saturates and softplus gives the confidence sigma, whose log and
+  # inverse enter the losses: neither is computed in 16 bits.
+  return lambda name, dtype: keras.layers.Activation(kind, name=name, dtype="float32")
 
 
-class _Builder:
-  """Collects layers in reference order and names them `<prefix>_<index>`."""
-
-  def __init__(self, prefix, dtype="float32"):
-    self.prefix, self.dtype = prefix, check_precision(dtype)
-    self.layers = []
-
-  def add(self, *specs):
-    """Appends one layer per spec `(factory, *args)`, in order."""
-    for make, *args in specs:
-      self.layers.append(make(*args, name=f"{self.prefix}_{len(self.layers)}",
-                              dtype=self.dtype))
+def _numbered(prefix, dtype, makers):
+  """Builds the layers of a literal list, naming layer i `<prefix>_<i>`."""
+  check_precision(dtype)
+  return [make(f"{prefix}_{i}", dtype) for i, make in enumerate(makers)]
 
 
-def _add_down_path(b, nf, zdim, bottleneck_kernel):
-  """EDDeconv / ConfNet encoder, reference modules 0..12."""
-  b.add((_conv, nf, 4, 2, "same"), (_gn, nf), (_lrelu,))  # 0-2
-  b.add((_conv, 2 * nf, 4, 2, "same"), (_gn, 2 * nf), (_lrelu,))  # 3-5
-  b.add((_conv, 4 * nf, 4, 2, "same"), (_gn, 4 * nf), (_lrelu,))  # 6-8
-  b.add((_conv, 8 * nf, 4, 2, "same"), (_lrelu,))  # 9-10
-  b.add((_conv, zdim, bottleneck_kernel, 1, "valid"), (_relu,))  # 11-12
+def _down_path(nf, zdim, k):
+  """EDDeconv / ConfNet encoder, reference modules 0..12 (S -> 1 x 1)."""
+  return [
+      conv(nf, 4, 2), group_norm(nf), leaky_relu(),                  # 0-2   S -> S/2
+      conv(2 * nf, 4, 2), group_norm(2 * nf), leaky_relu(),          # 3-5   -> S/4
+      conv(4 * nf, 4, 2), group_norm(4 * nf), leaky_relu(),          # 6-8   -> S/8
+      conv(8 * nf, 4, 2), leaky_relu(),                              # 9-10  -> S/16
+      conv(zdim, k, 1, "valid"), relu(),                             # 11-12 -> 1x1
+  ]
 
 
 def _build_shapes(layers, shape):
@@ -185,14 +193,14 @@ class Encoder(_ReferenceOrderMixin, keras.Model):
     super().__init__(dtype=check_precision(dtype), **kwargs)
     self.cout, self.nf, self.image_size = cout, nf, image_size
     k = _check_image_size(image_size)
-    b = _Builder("network", dtype)
-    b.add((_conv, nf, 4, 2, "same"), (_relu,))  # 0-1
-    b.add((_conv, 2 * nf, 4, 2, "same"), (_relu,))  # 2-3
-    b.add((_conv, 4 * nf, 4, 2, "same"), (_relu,))  # 4-5
-    b.add((_conv, 8 * nf, 4, 2, "same"), (_relu,))  # 6-7
-    b.add((_conv, 8 * nf, k, 1, "valid"), (_relu,))  # 8-9
-    b.add((_conv, cout, 1, 1, "valid"), (_act, "tanh"))  # 10-11
-    self.network = b.layers
+    self.network = _numbered("network", dtype, [
+        conv(nf, 4, 2), relu(),                       # 0-1   S -> S/2
+        conv(2 * nf, 4, 2), relu(),                   # 2-3   -> S/4
+        conv(4 * nf, 4, 2), relu(),                   # 4-5   -> S/8
+        conv(8 * nf, 4, 2), relu(),                   # 6-7   -> S/16
+        conv(8 * nf, k, 1, "valid"), relu(),          # 8-9   -> 1x1
+        conv(cout, 1, 1, "valid"), output_activation("tanh"),  # 10-11 1x1 x cout
+    ])
 
   def build(self, input_shape):
     _build_shapes(self.network, tuple(input_shape))
@@ -228,20 +236,21 @@ class EDDeconv(_ReferenceOrderMixin, keras.Model):
     self.cout, self.zdim, self.nf = cout, zdim, nf
     self.activation, self.image_size = activation, image_size
     k = _check_image_size(image_size)
-    b = _Builder("network", dtype)
-    _add_down_path(b, nf, zdim, k)  # 0-12
-    b.add((_tconv, 8 * nf, k, 1, "valid"), (_relu,))  # 13-14
-    b.add((_conv, 8 * nf, 3, 1, "same"), (_relu,))  # 15-16
-    for ch in (4 * nf, 2 * nf, nf):  # 17-34
-      b.add((_tconv, ch, 4, 2, "same"), (_gn, ch), (_relu,))
-      b.add((_conv, ch, 3, 1, "same"), (_gn, ch), (_relu,))
-    b.add((_upsample,))  # 35
-    b.add((_conv, nf, 3, 1, "same"), (_gn, nf), (_relu,))  # 36-38
-    b.add((_conv, nf, 5, 1, "same"), (_gn, nf), (_relu,))  # 39-41
-    b.add((_conv, cout, 5, 1, "same"))  # 42
-    if activation is not None:
-      b.add((_act, activation))  # 43
-    self.network = b.layers
+    up = [
+        tconv(8 * nf, k, 1, "valid"), relu(),                     # 13-14 1x1 -> S/16
+        conv(8 * nf, 3), relu(),                                  # 15-16
+        tconv(4 * nf, 4, 2), group_norm(4 * nf), relu(),          # 17-19 -> S/8
+        conv(4 * nf, 3), group_norm(4 * nf), relu(),              # 20-22
+        tconv(2 * nf, 4, 2), group_norm(2 * nf), relu(),          # 23-25 -> S/4
+        conv(2 * nf, 3), group_norm(2 * nf), relu(),              # 26-28
+        tconv(nf, 4, 2), group_norm(nf), relu(),                  # 29-31 -> S/2
+        conv(nf, 3), group_norm(nf), relu(),                      # 32-34
+        upsample(),                                               # 35    -> S
+        conv(nf, 3), group_norm(nf), relu(),                      # 36-38
+        conv(nf, 5), group_norm(nf), relu(),                      # 39-41
+        conv(cout, 5),                                            # 42    S x S x cout
+    ] + ([output_activation(activation)] if activation else [])  # [43]
+    self.network = _numbered("network", dtype, _down_path(nf, zdim, k) + up)
 
   def build(self, input_shape):
     _build_shapes(self.network, tuple(input_shape))
@@ -272,20 +281,19 @@ class ConfNet(_ReferenceOrderMixin, keras.Model):
     super().__init__(dtype=check_precision(dtype), **kwargs)
     self.zdim, self.nf, self.image_size = zdim, nf, image_size
     k = _check_image_size(image_size)
-    b = _Builder("network", dtype)
-    _add_down_path(b, nf, zdim, k)  # 0-12
-    b.add((_tconv, 8 * nf, k, 1, "valid"), (_relu,))  # 13-14
-    b.add((_tconv, 4 * nf, 4, 2, "same"), (_gn, 4 * nf), (_relu,))  # 15-17
-    b.add((_tconv, 2 * nf, 4, 2, "same"), (_gn, 2 * nf), (_relu,))  # 18-20
-    self.network = b.layers
-    b1 = _Builder("out_net1", dtype)
-    b1.add((_tconv, nf, 4, 2, "same"), (_gn, nf), (_relu,))  # 0-2
-    b1.add((_tconv, nf, 4, 2, "same"), (_gn, nf), (_relu,))  # 3-5
-    b1.add((_conv, 2, 5, 1, "same"), (_act, "softplus"))  # 6-7
-    self.out_net1 = b1.layers
-    b2 = _Builder("out_net2", dtype)
-    b2.add((_conv, 2, 3, 1, "same"), (_act, "softplus"))  # 0-1
-    self.out_net2 = b2.layers
+    self.network = _numbered("network", dtype, _down_path(nf, zdim, k) + [
+        tconv(8 * nf, k, 1, "valid"), relu(),                     # 13-14 1x1 -> S/16
+        tconv(4 * nf, 4, 2), group_norm(4 * nf), relu(),          # 15-17 -> S/8
+        tconv(2 * nf, 4, 2), group_norm(2 * nf), relu(),          # 18-20 -> S/4
+    ])
+    self.out_net1 = _numbered("out_net1", dtype, [
+        tconv(nf, 4, 2), group_norm(nf), relu(),                  # 0-2   S/4 -> S/2
+        tconv(nf, 4, 2), group_norm(nf), relu(),                  # 3-5   -> S
+        conv(2, 5), output_activation("softplus"),            # 6-7   S x S x 2
+    ])
+    self.out_net2 = _numbered("out_net2", dtype, [
+        conv(2, 3), output_activation("softplus"),            # 0-1   S/4 x S/4 x 2
+    ])
 
   def build(self, input_shape):
     shared = _build_shapes(self.network, tuple(input_shape))

@@ -339,3 +339,110 @@ def test_command_line(tmp_path):
   summary = json.loads(result.stdout.strip().splitlines()[-1])
   assert summary["num_images"] == 4 and summary["checkpoint"].endswith("ckpt-30")
   assert np.isfinite(summary["side"]["mean"])
+
+
+# -- torchvision's VGG16 -> Keras weights for the perceptual loss -----------
+
+# torchvision's vgg16().features: 3x3 convs (padding 1) with ReLUs, 2x2
+# max-pools ("M"); module indices as in its state dict (features.0, ...).
+_VGG16_LAYOUT = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
+                 512, 512, 512, "M", 512, 512, 512, "M"]
+_RELU3_3 = 15   # features[:16] ends with the ReLU after conv3_3
+_TORCH_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+_TORCH_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+def _torchvision_layout_vgg16_features(seed=0):
+  torch.manual_seed(seed)
+  layers, cin = [], 3
+  for item in _VGG16_LAYOUT:
+    if item == "M":
+      layers.append(torch.nn.MaxPool2d(2, 2))
+      continue
+    conv = torch.nn.Conv2d(cin, item, 3, padding=1)
+    torch.nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    torch.nn.init.normal_(conv.bias, 0.0, 0.1)
+    layers += [conv, torch.nn.ReLU(inplace=False)]
+    cin = item
+  return torch.nn.Sequential(*layers).eval()
+
+
+def _torch_perceptual_loss(features, recon, target, mask, sigma):
+  """The reference's perceptual loss, relu3_3 only, in PyTorch (NCHW input in
+  [-1, 1], mask [B, H, W], sigma [B, 1, h, w])."""
+  def relu3_3(images):
+    return features[:_RELU3_3 + 1]((images / 2 + 0.5 - _TORCH_MEAN) / _TORCH_STD)
+  f1, f2 = relu3_3(recon), relu3_3(target)
+  loss = (f1 - f2) ** 2
+  loss = loss / (2 * sigma ** 2 + 1e-7) + torch.log(sigma + 1e-7)
+  h, w = f1.shape[2:]
+  m = torch.nn.functional.avg_pool2d(mask[:, None], (mask.shape[1] // h,
+                                                     mask.shape[2] // w))
+  m = m.expand_as(loss)
+  return (loss * m).sum() / m.sum()
+
+
+def test_torchvision_vgg16_converts_to_the_same_relu3_3_and_perceptual_loss(tmp_path):
+  from tfsym3d import losses
+  features = _torchvision_layout_vgg16_features()
+  state = {f"features.{k}": v for k, v in features.state_dict().items()}
+  # A stand-in for the fully connected top (ignored, reported).
+  state["classifier.0.weight"] = torch.zeros(4, 8)
+  state["classifier.0.bias"] = torch.zeros(4)
+  pth = tmp_path / "vgg16-397923af.pth"
+  torch.save(state, pth)
+  out = tmp_path / "vgg16_torchvision.weights.h5"
+  env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+  result = subprocess.run([sys.executable, "-m", "tfsym3d.convert",
+                           f"--torchvision_vgg16={pth}", f"--out={out}", "--json"],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report["convolutions"] == 13
+  assert report["ignored_keys"] == ["classifier.0.bias", "classifier.0.weight"]
+
+  perceptual = losses.PerceptualLoss(weights=str(out), input_mode="torch")
+  rng = np.random.default_rng(0)
+  recon = rng.uniform(-1, 1, [2, 32, 32, 3]).astype(np.float32)
+  target = np.clip(recon + 0.3 * rng.standard_normal(recon.shape), -1, 1).astype(np.float32)
+  mask = (rng.random([2, 32, 32]) > 0.3).astype(np.float32)
+  sigma = rng.uniform(0.5, 2.0, [2, 8, 8, 1]).astype(np.float32)
+  with torch.no_grad():
+    want = features[:_RELU3_3 + 1]((_nchw(recon) / 2 + 0.5 - _TORCH_MEAN) / _TORCH_STD)
+    want_loss = _torch_perceptual_loss(features, _nchw(recon), _nchw(target),
+                                       torch.from_numpy(mask), _nchw(sigma))
+  got = perceptual.features(recon).numpy()
+  want = _nhwc(want)
+  assert got.shape == want.shape == (2, 8, 8, 256)
+  scale = float(np.abs(want).max())
+  np.testing.assert_allclose(got / scale, want / scale, rtol=0, atol=1e-5)
+  got_loss = float(perceptual(recon, target, mask, sigma))
+  assert got_loss == pytest.approx(float(want_loss), rel=1e-5)
+
+
+def test_torchvision_vgg16_bad_files_are_clear_errors(tmp_path):
+  features = _torchvision_layout_vgg16_features()
+  state = {f"features.{k}": v for k, v in features.state_dict().items()}
+  good = tmp_path / "vgg16.pth"
+  torch.save(state, good)
+  out = str(tmp_path / "vgg.weights.h5")
+  truncated = tmp_path / "truncated.pth"
+  truncated.write_bytes(good.read_bytes()[:good.stat().st_size // 2])
+  with pytest.raises(convert.ConversionError, match="truncated.pth: not a readable"):
+    convert.convert_torchvision_vgg16(str(truncated), out)
+  # A reference checkpoint is not a VGG16.
+  _, ref_path = _small_checkpoint(tmp_path, conf=False, size=16)
+  with pytest.raises(convert.ConversionError, match="ref.pth is not torchvision's VGG16"):
+    convert.convert_torchvision_vgg16(ref_path, out)
+  wrong = dict(state)
+  wrong["features.14.weight"] = torch.zeros(256, 128, 3, 3)
+  del wrong["features.28.bias"]
+  torch.save(wrong, tmp_path / "wrong.pth")
+  with pytest.raises(convert.ConversionError) as error:
+    convert.convert_torchvision_vgg16(str(tmp_path / "wrong.pth"), out)
+  assert "features.28.bias" in str(error.value) and "features.14.weight" in str(error.value)
+  with pytest.raises(FileNotFoundError, match="--torchvision_vgg16=.*missing.pth"):
+    convert.convert_torchvision_vgg16(str(tmp_path / "missing.pth"), out)
+  with pytest.raises(convert.ConversionError, match=r"\.weights\.h5"):
+    convert.convert_torchvision_vgg16(str(good), str(tmp_path / "vgg.h5"))
+  assert not os.path.exists(out)

@@ -16,6 +16,13 @@ The network widths and the image size are read from the tensors' shapes;
 every other model setting (e.g. z_translation_range for cats) is not stored in
 a reference checkpoint and comes from the model flags (defaults: faces).
 
+  python -m tfsym3d.convert --torchvision_vgg16=vgg16-397923af.pth \
+      --out=vgg16_torchvision.weights.h5
+
+writes torchvision's ImageNet VGG16 (the perceptual network of the reference,
+METHOD 6) as the Keras weights file of keras.applications.VGG16(include_top=
+False), for `--vgg_weights=vgg16_torchvision.weights.h5 --vgg_input=torch`.
+
 Loading uses `torch.load(..., weights_only=True)`, which unpickles tensors
 and plain data only, never code. The reference's training checkpoints also
 pickle its metrics history (`unsup3d.meters.MetricsTrace`); that one class is
@@ -81,7 +88,7 @@ class InertMetricsTrace:
 _ALLOWED_CLASSES = [(InertMetricsTrace, "unsup3d.meters.MetricsTrace")]
 
 
-def load_torch_checkpoint(path: str) -> dict:
+def load_torch_checkpoint(path: str, flag: str = "--torch") -> dict:
   """Reads a reference checkpoint file with weights_only=True, on the CPU.
 
   Returns:
@@ -93,7 +100,7 @@ def load_torch_checkpoint(path: str) -> dict:
   """
   torch = _import_torch()
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"--torch={path}: no such file")
+    raise FileNotFoundError(f"{flag}={path}: no such file")
   try:
     with torch.serialization.safe_globals(_ALLOWED_CLASSES):
       loaded = torch.load(path, map_location="cpu", weights_only=True)
@@ -116,9 +123,10 @@ def load_torch_checkpoint(path: str) -> dict:
     first = str(error).splitlines()[0] if str(error) else type(error).__name__
     raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
   if not isinstance(loaded, dict):
-    raise ConversionError(f"{path}: holds a {type(loaded).__name__}, not the "
-                          "reference's checkpoint dict (netD, netA, netL, netV, "
-                          "[netC], ...)")
+    raise ConversionError(f"{path}: holds a {type(loaded).__name__}, not a dict "
+                          + ("of tensors (a state dict)" if flag != "--torch" else
+                             "(the reference's checkpoint: netD, netA, netL, netV, "
+                             "[netC], ...)"))
   return loaded
 
 
@@ -378,6 +386,96 @@ def convert(torch_path: str, out_dir: str, base: ModelConfig = ModelConfig(),
   return report
 
 
+# -- torchvision's VGG16 -> Keras -------------------------------------------
+
+# torchvision's `vgg16().features` indices of the 13 convolutions (ReLUs and
+# max-pools sit between them) and the keras.applications.VGG16 layer of each.
+TORCHVISION_VGG16_CONVS = {
+    0: "block1_conv1", 2: "block1_conv2",
+    5: "block2_conv1", 7: "block2_conv2",
+    10: "block3_conv1", 12: "block3_conv2", 14: "block3_conv3",
+    17: "block4_conv1", 19: "block4_conv2", 21: "block4_conv3",
+    24: "block5_conv1", 26: "block5_conv2", 28: "block5_conv3"}
+
+
+def torchvision_vgg16_to_keras(state: Dict[str, object], source: str = "state dict"):
+  """A keras.applications.VGG16(include_top=False) holding a torchvision VGG16.
+
+  Args:
+    state: torchvision's VGG16 state dict: features.<i>.weight [out, in, 3, 3]
+      and features.<i>.bias [out] for i in TORCHVISION_VGG16_CONVS (torch
+      tensors or arrays); classifier.* (the fully connected top) is ignored.
+    source: what to call it in errors (the file name).
+  Returns:
+    (the Keras model, the ignored keys).
+  Raises:
+    ConversionError naming every missing, unexpected and mis-shaped key.
+  """
+  vgg = keras.applications.VGG16(include_top=False, weights=None,
+                                 input_shape=(None, None, 3))
+  expected = {}
+  for index, name in TORCHVISION_VGG16_CONVS.items():
+    layer = vgg.get_layer(name)
+    kh, kw, cin, cout = layer.kernel.shape
+    expected[f"features.{index}.weight"] = (layer.kernel, (cout, cin, kh, kw))
+    expected[f"features.{index}.bias"] = (layer.bias, (cout,))
+  keys = [str(k) for k in state]
+  ignored = sorted(k for k in keys if k.startswith("classifier."))
+  missing = [k for k in expected if k not in state]
+  unexpected = sorted(k for k in keys if k not in expected and k not in ignored)
+  shaped, arrays = [], {}
+  for key, (_, shape) in expected.items():
+    if key not in state:
+      continue
+    value = state[key]
+    if hasattr(value, "detach"):
+      value = value.detach().cpu().float().numpy()
+    value = np.asarray(value, np.float32)
+    if tuple(value.shape) != shape:
+      shaped.append(f"{key} {tuple(value.shape)} (expected {shape})")
+    arrays[key] = value
+  problems = [f"{label}: {', '.join(items)}" for label, items in (
+      ("missing keys", missing), ("unexpected keys", unexpected),
+      ("mis-shaped", shaped)) if items]
+  if problems:
+    hint = (" (it looks like a checkpoint of a whole model, not torchvision's "
+            "VGG16 state dict)" if not any(k.startswith("features.") for k in keys)
+            else "")
+    raise ConversionError(f"{source} is not torchvision's VGG16 state dict "
+                          f"(vgg16-397923af.pth){hint}:\n  " + "\n  ".join(problems))
+  for key, (variable, _) in expected.items():
+    value = arrays[key]
+    if value.ndim == 4:  # (out, in, kh, kw) -> (kh, kw, in, out)
+      value = np.transpose(value, (2, 3, 1, 0))
+    variable.assign(value)
+  return vgg, ignored
+
+
+def convert_torchvision_vgg16(torch_path: str, out_path: str) -> Dict:
+  """Writes torchvision's VGG16 file `torch_path` as Keras weights `out_path`.
+
+  The result loads into keras.applications.VGG16(include_top=False), i.e.
+  `--vgg_weights=out_path`; use it with `--vgg_input=torch` (torchvision's
+  [0, 1] RGB input normalised by the ImageNet mean and std).
+
+  Returns:
+    A report (source, sha256, out, convolutions, ignored keys).
+  """
+  if not out_path.endswith(".weights.h5"):
+    raise ConversionError(f"--out={out_path}: name the Keras weights file "
+                          "'<name>.weights.h5' (Keras 3 saves weights only under "
+                          "that suffix)")
+  state = load_torch_checkpoint(torch_path, flag="--torchvision_vgg16")
+  vgg, ignored = torchvision_vgg16_to_keras(state, torch_path)
+  os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+  tmp = out_path[:-len(".weights.h5")] + ".tmp.weights.h5"
+  vgg.save_weights(tmp)
+  os.replace(tmp, out_path)  # no half-written file under the final name
+  return {"source": os.path.abspath(torch_path), "sha256": _sha256(torch_path),
+          "out": os.path.abspath(out_path),
+          "convolutions": len(TORCHVISION_VGG16_CONVS), "ignored_keys": ignored}
+
+
 # -- command line ------------------------------------------------------------
 
 def define_flags():
@@ -385,6 +483,10 @@ def define_flags():
   are the shared ones of `tfsym3d.flags`."""
   flags.DEFINE_string("torch", None, "The reference implementation's PyTorch "
                       "checkpoint (.pth) to convert.")
+  flags.DEFINE_string("torchvision_vgg16", None, "torchvision's ImageNet VGG16 file "
+                      "(vgg16-397923af.pth) to write as a Keras weights file "
+                      "--out=NAME.weights.h5 for --vgg_weights (with "
+                      "--vgg_input=torch).")
 
 
 def _explicit_model_flags() -> List[str]:
@@ -394,8 +496,15 @@ def _explicit_model_flags() -> List[str]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]} (flags start with --)")
+  if FLAGS.torchvision_vgg16:
+    if FLAGS.torch or not FLAGS.out:
+      raise app.UsageError("give --torchvision_vgg16=vgg16-397923af.pth and "
+                           "--out=NAME.weights.h5 (and no --torch)")
+    _main_vgg16()
+    return
   if not FLAGS.torch or not FLAGS.out:
-    raise app.UsageError("give --torch=CHECKPOINT.pth and --out=DIR")
+    raise app.UsageError("give --torch=CHECKPOINT.pth and --out=DIR (or "
+                         "--torchvision_vgg16=FILE.pth --out=NAME.weights.h5)")
   try:
     report = convert(FLAGS.torch, FLAGS.out, tflags.model_config(),
                      _explicit_model_flags())
@@ -418,6 +527,21 @@ def main(argv):
         f"--checkpoint={out} ...\n"
         f"  python -m tfsym3d.train --flagfile={os.path.join(out, 'flags.txt')} "
         f"--init_from={out} --run_dir=<a new run dir> <data flags> ...")
+
+
+def _main_vgg16():
+  try:
+    report = convert_torchvision_vgg16(FLAGS.torchvision_vgg16, FLAGS.out)
+  except (ConversionError, FileNotFoundError, ImportError) as error:
+    sys.exit(f"tfsym3d.convert: {error}")
+  if FLAGS.json:
+    sys.stdout.write(json.dumps(report) + "\n")
+    return
+  print(f"converted torchvision's VGG16 ({report['convolutions']} convolutions) -> "
+        f"{report['out']}")
+  if report["ignored_keys"]:
+    print(f"ignored (the fully connected top): {', '.join(report['ignored_keys'])}")
+  print(f"use it with --vgg_weights={FLAGS.out} --vgg_input=torch")
 
 
 if __name__ == "__main__":

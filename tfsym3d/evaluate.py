@@ -9,6 +9,15 @@ JSON to --eval_dir and prints a table (or, with --json, one JSON object).
 With --dump_images N, test mode also writes, for the first N images, the
 pictures of `tfsym3d.visualize.dump_results` and their light and view.
 
+With --diagnose it also reports where the error comes from (`diagnose`
+below; the definitions are in `tfsym3d.metrics`): the depth error by ring
+distance from the evaluation mask's rim, the best-fitting relief scale and
+the SIDE after it (an oracle analysis: it uses the ground truth), and, on
+--dataset=synfaces, the predicted viewpoint against the generator's own
+(pitch, yaw, roll of sample (seed, index), regenerated exactly). The
+diagnosis goes into the table, the summary JSON ("diagnosis"), per_image.csv
+(extra columns) and diagnosis.csv.
+
 The model's settings (image size, widths, ...) come from the flags, as for
 training: the run's flags.txt is read first when --checkpoint names a run
 and no --flagfile is given (`--flagfile=runs/x/flags.txt` otherwise).
@@ -33,9 +42,16 @@ from tfsym3d import metrics
 from tfsym3d import runs
 from tfsym3d import visualize
 from tfsym3d.data import sources
+from tfsym3d.data import synthetic
 from tfsym3d.model import Decomposition
 
 FLAGS = flags.FLAGS
+
+# The rotation axes of a view [6] (METHOD 5: R = Rz Ry Rx), by their names.
+AXES = (("pitch", 0), ("yaw", 1), ("roll", 2))
+NO_POSE = ("no ground-truth viewpoint: --dataset={dataset} files hold image and "
+           "depth only; the viewpoint analysis needs --dataset=synfaces, whose "
+           "generator knows each sample's pose")
 
 
 def _stats(values: np.ndarray) -> Dict[str, float]:
@@ -47,7 +63,7 @@ def _stats(values: np.ndarray) -> Dict[str, float]:
 
 def evaluate_model(model, data, split: str, num: Optional[int], out_dir: Optional[str],
                    dump_images: int = 0, progress: bool = True,
-                   batch_size: int = 50) -> Dict:
+                   batch_size: int = 50, diagnose: bool = False) -> Dict:
   """SIDE and MAD of `model` on a ground-truth split, with both baselines.
 
   Args:
@@ -57,6 +73,7 @@ def evaluate_model(model, data, split: str, num: Optional[int], out_dir: Optiona
     out_dir: where per_image.csv, summary.json and the dump go (None: nowhere).
     dump_images: test mode, pictures of the first N images.
     batch_size: evaluation batch.
+    diagnose: add the diagnosis (`diagnosis`) as summary["diagnosis"].
   Returns:
     The summary dict (see the module docstring and `format_table`).
   """
@@ -77,12 +94,21 @@ def evaluate_model(model, data, split: str, num: Optional[int], out_dir: Optiona
             metrics.mad(out.recon_depth, depth_gt, mask, camera), out.as_dict())
 
   @tf.function(autograph=False)
+  def diagnose_step(recon_depth, recon_mask, depth_gt):
+    mask = metrics.evaluation_mask(depth_gt, recon_mask)
+    return (metrics.relief_moments(recon_depth, depth_gt, mask),
+            metrics.ring_error_sums(recon_depth, depth_gt, mask))
+
+  @tf.function(autograph=False)
   def baseline(depth, depth_gt):
     mask = metrics.evaluation_mask(depth_gt)
     return (metrics.side(depth, depth_gt, mask),
             metrics.mad(depth, depth_gt, mask, camera))
 
   side, mad, side_null, mad_null, gts = [], [], [], [], []
+  moments, ring_sums, views, views_gt = [], [], [], []
+  truth = (_SynfacesTruth(data, split) if diagnose and data.dataset == "synfaces"
+           else None)
   dumped = 0
   bar = tqdm(total=num, unit="img", desc=f"evaluate {split}", disable=not progress,
              file=sys.stderr, dynamic_ncols=True)
@@ -96,6 +122,13 @@ def evaluate_model(model, data, split: str, num: Optional[int], out_dir: Optiona
     side_null.append(s0.numpy())
     mad_null.append(m0.numpy())
     gts.append(depth_gt.numpy())
+    if diagnose:
+      m_i, r_i = diagnose_step(out.recon_depth, out.recon_mask, depth_gt)
+      moments.append(m_i.numpy())
+      ring_sums.append(r_i.numpy())
+      views.append(out.view.numpy())
+      if truth is not None:
+        views_gt.append(truth.views(depth_gt.numpy()))
     if out_dir and dumped < dump_images:
       take = min(dump_images - dumped, images.shape[0])
       names = [f"{i:06d}" for i in range(dumped, dumped + take)]
@@ -143,6 +176,12 @@ def evaluate_model(model, data, split: str, num: Optional[int], out_dir: Optiona
   summary["ratio_to_const_null"] = {
       "side": summary["side"]["mean"] / null["side"],
       "mad": summary["mad"]["mean"] / null["mad"]}
+  if diagnose:
+    summary["diagnosis"], extra_columns = diagnosis(
+        np.concatenate(moments), np.concatenate(ring_sums), per_image["side"],
+        np.concatenate(views), np.concatenate(views_gt) if views_gt else None,
+        dataset=data.dataset)
+    per_image.update(extra_columns)
   if out_dir:
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "per_image.csv"), "w", newline="") as f:
@@ -154,7 +193,132 @@ def evaluate_model(model, data, split: str, num: Optional[int], out_dir: Optiona
       json.dump(summary, f, indent=2)
     summary["files"] = {"per_image_csv": os.path.join(out_dir, "per_image.csv"),
                         "summary_json": os.path.join(out_dir, "summary.json")}
+    if diagnose:
+      path = os.path.join(out_dir, "diagnosis.csv")
+      write_diagnosis_csv(summary["diagnosis"], path)
+      summary["files"]["diagnosis_csv"] = path
   return summary
+
+
+class _SynfacesTruth:
+  """The generator's viewpoint of each evaluated synfaces image, in order.
+
+  Regenerates sample (seed, split offset + i) as `DataSource.eval_dataset`
+  does and checks that its depth is the batch's ground truth, so a pose can
+  never be paired with another image.
+  """
+
+  def __init__(self, data, split: str):
+    self.generator = synthetic.SynFaces(image_size=data.image_size, seed=data.seed)
+    self.offset = synthetic.split_offset(split)
+    self.next_index = 0
+
+  def views(self, depth_gt: np.ndarray) -> np.ndarray:
+    """depth_gt [B, S, S] of the next B images -> their views [B, 6]."""
+    out = []
+    for depth in depth_gt:
+      sample = self.generator.sample(self.offset + self.next_index)
+      if not np.array_equal(sample["depth"], depth):
+        raise ValueError(f"--diagnose: synfaces sample {self.next_index} regenerated "
+                         "with a different depth than the evaluated one; its "
+                         "viewpoint cannot be trusted")
+      out.append(sample["view"])
+      self.next_index += 1
+    return np.stack(out)
+
+
+def diagnosis(moments: np.ndarray, ring_sums: np.ndarray, side_x100: np.ndarray,
+              views: np.ndarray, views_gt: Optional[np.ndarray],
+              dataset: str = "synfaces"):
+  """The diagnosis of an evaluation, from per-image quantities.
+
+  Args:
+    moments: [N, 3] `metrics.relief_moments` of each image.
+    ring_sums: [N, R, 3] `metrics.ring_error_sums`.
+    side_x100: [N] per-image SIDE x 1e-2 (NaN for an empty mask).
+    views: [N, 6] predicted views (radians); views_gt: [N, 6] the true ones,
+      or None when the data has none.
+    dataset: for the message when views_gt is None.
+  Returns:
+    (diagnosis dict, per-image columns {name: [N]} for per_image.csv).
+    Angles in degrees, SIDE and ring errors x 1e-2.
+  """
+  per_scale, scale = metrics.best_relief_scale(moments)
+  side_at_scale = 100 * metrics.side_at_relief_scale(moments, scale)
+  side_at_own = 100 * metrics.side_at_relief_scale(moments, per_scale)
+  finite = np.isfinite(per_scale)
+  relief = {
+      "scale": scale,
+      "per_image_scale_median": float(np.median(per_scale[finite])) if finite.any()
+                                else float("nan"),
+      "side": _stats(side_x100)["mean"],
+      "side_at_scale": _stats(side_at_scale)["mean"],
+      "side_at_per_image_scale": _stats(side_at_own)["mean"],
+  }
+  rings = metrics.ring_table(ring_sums)
+  for row in rings:
+    row["rms"] *= 100
+    row["mean"] *= 100
+  columns = {"relief_scale": per_scale}
+  viewpoint, note = None, None
+  if views_gt is None:
+    note = NO_POSE.format(dataset=dataset)
+  else:
+    viewpoint = {}
+    for name, axis in AXES:
+      predicted = np.degrees(views[:, axis].astype(np.float64))
+      true = np.degrees(views_gt[:, axis].astype(np.float64))
+      fit = metrics.linear_fit(predicted, true)
+      fit["error_side_pearson"] = metrics.pearson(np.abs(predicted - true), side_x100)
+      viewpoint[name] = fit
+      columns[f"{name}_true_deg"] = true
+      columns[f"{name}_pred_deg"] = predicted
+  result = {"relief": relief, "rings": rings, "viewpoint": viewpoint}
+  if note:
+    result["viewpoint_note"] = note
+  return result, columns
+
+
+def format_diagnosis(diag: Dict) -> str:
+  """The diagnosis as text tables (angles degrees, SIDE and errors x1e-2)."""
+  lines = []
+  if diag["viewpoint"] is None:
+    lines.append(diag.get("viewpoint_note", "no ground-truth viewpoint"))
+  else:
+    lines += ["viewpoint against the ground truth (degrees; fit predicted = slope * "
+              "true + intercept)",
+              f"{'':<8}{'slope':>8}{'intercept':>11}{'pearson':>9}{'rmse':>8}"
+              f"{'r(|err|, SIDE)':>16}"]
+    for name, _ in AXES:
+      f = diag["viewpoint"][name]
+      lines.append(f"{name:<8}{f['slope']:>8.3f}{f['intercept']:>11.2f}{f['pearson']:>9.3f}"
+                   f"{f['rmse']:>8.2f}{f['error_side_pearson']:>16.3f}")
+  r = diag["relief"]
+  lines += [f"relief scale (oracle: fitted to the ground truth): best overall "
+            f"{r['scale']:.3f} (per-image median {r['per_image_scale_median']:.3f}); "
+            f"SIDE {r['side']:.3f} -> {r['side_at_scale']:.3f} at {r['scale']:.3f}, "
+            f"{r['side_at_per_image_scale']:.3f} at each image's own",
+            "error by distance from the mask's rim (centred log-depth error x1e-2)",
+            f"{'ring':<8}{'fraction':>10}{'rms':>9}{'mean':>9}"]
+  for row in diag["rings"]:
+    lines.append(f"{row['ring']:<8}{row['fraction']:>10.3f}{row['rms']:>9.3f}"
+                 f"{row['mean']:>9.3f}")
+  return "\n".join(lines)
+
+
+def write_diagnosis_csv(diag: Dict, path: str) -> None:
+  """The diagnosis as rows (section, item, quantity, value)."""
+  rows = []
+  for name, fit in (diag["viewpoint"] or {}).items():
+    rows += [("viewpoint", name, key, value) for key, value in fit.items()]
+  rows += [("relief", "", key, value) for key, value in diag["relief"].items()]
+  for row in diag["rings"]:
+    rows += [("rings", row["ring"], key, row[key])
+             for key in ("pixels", "fraction", "rms", "mean")]
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["section", "item", "quantity", "value"])
+    writer.writerows(rows)
 
 
 def _slice_decomposition(out, n):
@@ -185,6 +349,16 @@ def format_table(summary: Dict) -> str:
   return "\n".join(lines)
 
 
+def define_flags():
+  """The evaluator's own flags (only when run as a program: `tfsym3d.train`
+  imports this module and has no use for them); the rest are `tfsym3d.flags`."""
+  flags.DEFINE_bool("diagnose", False, "Also report where the depth error comes "
+                    "from: error by distance from the mask's rim, the best-fitting "
+                    "relief scale (oracle) and, on --dataset=synfaces, the "
+                    "predicted viewpoint against the generator's (slopes, "
+                    "correlations).")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
@@ -205,7 +379,8 @@ def main(argv):
   try:
     summary = evaluate_model(model, data, FLAGS.eval_split, num, out_dir,
                              dump_images=FLAGS.dump_images,
-                             progress=FLAGS.progress and not FLAGS.json)
+                             progress=FLAGS.progress and not FLAGS.json,
+                             diagnose="diagnose" in FLAGS and FLAGS.diagnose)
   except (sources.DataNotFoundError, ValueError) as error:
     raise app.UsageError(str(error)) from None
   summary["checkpoint"] = prefix
@@ -213,8 +388,11 @@ def main(argv):
     sys.stdout.write(json.dumps(summary) + "\n")
   else:
     print(format_table(summary))
+    if "diagnosis" in summary:
+      print(format_diagnosis(summary["diagnosis"]))
     print(f"per-image CSV and summary in {out_dir}")
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main, argv=runs.argv_with_run_flagfile(sys.argv, "checkpoint"))

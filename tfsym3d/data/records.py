@@ -275,12 +275,14 @@ def _record_stream(data: Split, seed: int, steps_per_epoch: int, rows: int,
     # A truncated or corrupted record raises DataLossError; the reader then
     # moves on to the next shard.
     records = tf.data.TFRecordDataset(mine).ignore_errors(log_warning=True)
-    mix = seed * 1_000_003 + e * 7919 + part
-    records = records.shuffle(buffer, seed=mix, reshuffle_each_iteration=True)
+    # The buffer's seed must be a Python int: the epoch enters through the
+    # shard order (and the flips) instead.
+    records = records.shuffle(buffer, seed=seed * 1_000_003 + part)
+    mix = tf.constant(seed * 1_000_003 + part, tf.int64) * 7919 + e
     # Exactly per_epoch records: cycled when this worker's shards hold fewer.
     records = records.repeat().take(per_epoch)
     flips = tf.random.stateless_uniform(
-        [per_epoch], seed=tf.stack([mix, tf.constant(part, tf.int64)])) < 0.5
+        [per_epoch], seed=tf.stack([mix, tf.constant(part + 1, tf.int64)])) < 0.5
     return tf.data.Dataset.zip((records, tf.data.Dataset.from_tensor_slices(flips)))
 
   first_epoch, skip = divmod(int(start_step), steps_per_epoch)

@@ -241,8 +241,9 @@ def _decoder(has_depth: bool, with_depth: bool, image_size: int, crop,
 
   def decode(record, flip=None):
     e = tf.io.parse_single_example(record, spec)
-    x = tf.io.decode_image(e["image"], channels=3, dtype=tf.float32,
-                           expand_animations=False)  # [0, 1]
+    # Decoded as integers (a float decode converts every pixel); scaled once.
+    x = tf.cast(tf.io.decode_image(e["image"], channels=3, expand_animations=False),
+                tf.float32) / 255.0
     if with_depth:
       g = tf.cast(tf.io.decode_png(e["depth"], channels=1, dtype=tf.uint16),
                   tf.float32) / 65535.0

@@ -125,3 +125,26 @@ def test_too_few_shards_for_the_workers_says_what_to_do(tmp_path):
     records.train_stream(str(tmp_path), "train", 8, 6, 0, 2, 0, 0, 3)
   with pytest.raises(sources.DataNotFoundError, match="--format=records"):
     sources.DataSource("records", data_dir=str(tmp_path / "none")).check()
+
+
+def test_prepare_celeba_records_match_the_folder_crops_and_resume(tmp_path):
+  from tfsym3d.data import prepare
+  import test_prepare_celeba as celeba_fixture
+  src = tmp_path / "celeba"
+  celeba_fixture._make_release(src, "img_align_celeba")  # pylint: disable=protected-access
+  size = celeba_fixture.SIZE
+  folder = prepare.prepare_celeba(src, tmp_path / "folder", size=size, fmt="png")
+  counts = prepare.prepare_celeba(src, tmp_path / "rec", size=size, fmt="png",
+                                  output="records", shard_size=1)
+  assert counts["written"] == folder["written"] == 4 and counts["unreadable"] == 1
+  again = prepare.prepare_celeba(src, tmp_path / "rec", size=size, fmt="png",
+                                 output="records", shard_size=1)
+  assert again["written"] == 0 and again["existing"] == 5
+  for split in ("train", "val", "test"):
+    names = sorted(p.stem for p in (tmp_path / "folder" / split).glob("*.png"))
+    got = [] if not names else np.concatenate(
+        [b.numpy() for b in records.eval_dataset(str(tmp_path / "rec"), split, size, 8)])
+    assert len(got) == len(names)
+    for image, name in zip(got, names):
+      want = np.asarray(Image.open(tmp_path / "folder" / split / f"{name}.png"))
+      np.testing.assert_allclose((image + 1) * 127.5, want, atol=1e-3)

@@ -88,12 +88,15 @@ def model_config() -> ModelConfig:
 
 flags.DEFINE_integer("seed", 0, "Random seed: data order and flips, synthetic samples "
                      "(sample i depends only on (seed, i)), initial weights.")
-flags.DEFINE_enum("dataset", "synfaces", ["synfaces", "folder", "paired"],
+flags.DEFINE_enum("dataset", "synfaces", ["synfaces", "folder", "paired", "records"],
                   "Training data: 'synfaces' (built-in generator, streamed, with "
                   "ground truth), 'folder' (<data_dir>/{train,val,test}/** images, "
                   "e.g. CelebA from `tfsym3d.data.prepare celeba`) or 'paired' "
-                  "(<data_dir>/<split>/image|depth, METHOD 8, with ground truth).")
-flags.DEFINE_string("data_dir", None, "Dataset root for --dataset=folder or paired.")
+                  "(<data_dir>/<split>/image|depth, METHOD 8, with ground truth) or "
+                  "'records' (<data_dir>/<split>/shard-*.tfrecord from `prepare "
+                  "--format=records`; multi-worker runs split it by shard file).")
+flags.DEFINE_string("data_dir", None, "Dataset root for --dataset=folder, paired "
+                    "or records.")
 flags.DEFINE_string("crop", None, "Crop before resizing: none (empty), an int c (centre "
                     "c x c) or 'top,left,height,width'.")
 flags.DEFINE_integer("batch_size", 64, "Global batch size, split over the replicas.")

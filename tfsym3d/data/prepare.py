@@ -18,9 +18,15 @@ Anno/list_bbox_celeba.txt; CelebA's boxes exist for these only). Files are
 also found directly under --src and in the Kaggle mirror's layout. Finished
 outputs are skipped, so re-running resumes; unreadable sources are warned
 about and skipped. --num, --seed and --split_fractions do not apply.
+
+--format=records writes each split instead as shards of --shard_size
+TFRecords with an index (`tfsym3d.data.records`; train with
+--dataset=records), resuming at the first unfinished shard. Every
+subcommand writes through a `SplitSink` (`open_sink`).
 """
 
 import concurrent.futures
+import io
 import math
 import os
 import pathlib
@@ -56,7 +62,117 @@ flags.DEFINE_float("celeba_scale", 1.0,
 flags.DEFINE_enum("celeba_format", "jpg", ["jpg", "png"],
                   "celeba: output format (jpg at quality 95, or lossless png).")
 
+flags.DEFINE_enum("format", "folder", ["folder", "records"],
+                  "What prepare writes per split: image files (folder) or "
+                  "--shard_size TFRecords per shard with an index.json (records; "
+                  "read with --dataset=records).")
+flags.DEFINE_integer("shard_size", 1000, "--format=records: records per shard "
+                     "(choose it for ten or more shards per worker).")
+
 SPLITS = ("train", "val", "test")
+
+
+# --------------------------------------------------------------------------
+# Where a split goes.
+
+def _encode(image, fmt: str) -> bytes:
+  buffer = io.BytesIO()
+  if fmt == "jpg":
+    image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+  else:
+    image.save(buffer, format="PNG")
+  return buffer.getvalue()
+
+
+class SplitSink:
+  """Where a subcommand writes one split: the folder layout or record shards.
+
+  The hook every image-writing subcommand uses (celeba, synfaces; faces and
+  folder wire in the same way):
+
+      sink = open_sink(FLAGS.format, out, split, num_items, has_depth=False,
+                       image_format="jpg")
+      for i, (name, source) in enumerate(items):     # a fixed order
+        if sink.needed(i):                           # resume: skip done work
+          sink.add(i, name, pil_image, depth_uint16=None)
+      sink.close()
+
+  `needed(i)` is False for items already on disk (folder: the file exists;
+  records: item i's shard is finished). Items never added (unreadable
+  sources) are simply absent.
+  """
+
+  def needed(self, i: int) -> bool:
+    raise NotImplementedError
+
+  def add(self, i: int, name: str, image, depth_uint16=None) -> None:
+    raise NotImplementedError
+
+  def close(self) -> int:
+    """Finishes the split; returns the items on disk (records) or written."""
+    raise NotImplementedError
+
+
+class FolderSink(SplitSink):
+  """<out>/<split>/<name>.<fmt>, or METHOD 8's image/ and depth/ pairs when
+  the items have depth; each file written atomically."""
+
+  def __init__(self, out, split, names, has_depth=False, image_format="jpg"):
+    self.dir = pathlib.Path(out) / split
+    self.names, self.has_depth, self.fmt = list(names), has_depth, image_format
+    for sub in (("image", "depth") if has_depth else (".",)):
+      (self.dir / sub).mkdir(parents=True, exist_ok=True)
+    self.written = 0
+
+  def _paths(self, name):
+    if self.has_depth:
+      return (self.dir / "image" / f"{name}_image.png",
+              self.dir / "depth" / f"{name}_depth.png")
+    return (self.dir / f"{name}.{self.fmt}",)
+
+  def needed(self, i):
+    return not all(p.exists() for p in self._paths(self.names[i]))
+
+  def add(self, i, name, image, depth_uint16=None):
+    paths = self._paths(name)
+    if self.has_depth:
+      _write_atomic(Image.fromarray(depth_uint16), paths[1], "png")
+      _write_atomic(image, paths[0], "png")
+    else:
+      _write_atomic(image, paths[0], self.fmt)
+    self.written += 1
+
+  def close(self):
+    return self.written
+
+
+class RecordSink(SplitSink):
+  """Shards of TFRecords with an index (`tfsym3d.data.records`)."""
+
+  def __init__(self, out, split, num, shard_size, has_depth=False, image_format="jpg"):
+    from tfsym3d.data import records  # TensorFlow only when needed
+    self.writer = records.RecordSplitWriter(out, split, num, shard_size, has_depth)
+    self.fmt = image_format
+
+  def needed(self, i):
+    return self.writer.needed(i)
+
+  def add(self, i, name, image, depth_uint16=None):
+    depth = None if depth_uint16 is None else _encode(Image.fromarray(depth_uint16), "png")
+    self.writer.add(i, name, _encode(image, self.fmt), depth)
+
+  def close(self):
+    return self.writer.close()
+
+
+def open_sink(fmt: str, out, split: str, names, has_depth: bool = False,
+              image_format: str = "jpg", shard_size: int = 1000) -> SplitSink:
+  """The SplitSink --format names for a split of `names` (one per item, in order)."""
+  if fmt == "records":
+    return RecordSink(out, split, len(names), shard_size, has_depth, image_format)
+  if fmt == "folder":
+    return FolderSink(out, split, names, has_depth, image_format)
+  raise app.UsageError(f"--format={fmt!r}: use folder or records")
 
 
 def split_counts(num: int, fractions) -> dict:
@@ -89,8 +205,33 @@ def synfaces():
     raise app.UsageError(f"--num={FLAGS.num} must be >= 0")
   generator = synthetic.SynFaces(image_size=FLAGS.image_size, seed=FLAGS.seed)
   for split, count in split_counts(FLAGS.num, FLAGS.split_fractions).items():
-    written = synthetic.write_split(FLAGS.out, split, count, generator=generator)
+    if FLAGS.format == "folder":
+      written = synthetic.write_split(FLAGS.out, split, count, generator=generator)
+    else:
+      written = write_synfaces_split(generator, FLAGS.out, split, count,
+                                     FLAGS.format, FLAGS.shard_size)
     print(f"synfaces {split}: {count} pairs, {written} newly written")
+
+
+def write_synfaces_split(generator, out, split: str, count: int, fmt: str,
+                         shard_size: int = 1000, progress: bool = True) -> int:
+  """Writes `count` synfaces samples of a split through a SplitSink; returns
+  the samples produced by this call."""
+  from tqdm import tqdm
+  from tfsym3d.data import synthetic
+  names = [f"{i:07d}" for i in range(count)]
+  sink = open_sink(fmt, out, split, names, has_depth=True, image_format="png",
+                   shard_size=shard_size)
+  offset, written = synthetic.split_offset(split), 0
+  for i in tqdm(range(count), desc=f"synfaces {split}", unit="img", file=sys.stderr,
+                disable=not progress):
+    if sink.needed(i):
+      s = generator.sample(offset + i)
+      sink.add(i, names[i], Image.fromarray(s["image"]),
+               synthetic.encode_depth(s["depth"]))
+      written += 1
+  sink.close()
+  return written
 
 
 # --------------------------------------------------------------------------
@@ -249,9 +390,47 @@ def _celeba_one(job):
   return "written"
 
 
+def _celeba_crop(job):
+  """Crops one image; returns the PIL image or None (unreadable, warned)."""
+  source, _, values, box_fn, scale, size, _ = job
+  try:
+    with Image.open(source) as image:
+      image = image.convert("RGB")
+  except (OSError, ValueError, Image.DecompressionBombError) as e:
+    logging.warning("celeba: skipping unreadable image %s (%s)", source, e)
+    return None
+  cx, cy, side = box_fn(values, scale)
+  return crop_square(image, cx, cy, side, size)
+
+
+def _celeba_records(out, jobs_by_split, shard_size, workers, counts):
+  """--format=records: each split's jobs (a fixed order) into record shards;
+  finished shards are skipped."""
+  from tqdm import tqdm
+  for split, jobs in jobs_by_split.items():
+    names = [os.path.splitext(target.name)[0] for _, target, *_ in jobs]
+    sink = open_sink("records", out, split, names, image_format=jobs[0][-1] if jobs
+                     else "jpg", shard_size=shard_size)
+    todo = [(i, job) for i, job in enumerate(jobs) if sink.needed(i)]
+    counts["existing"] += len(jobs) - len(todo)
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+      for (i, _), image in tqdm(zip(todo, pool.map(_celeba_crop, [j for _, j in todo])),
+                                total=len(todo), desc=f"celeba {split}", unit="img",
+                                file=sys.stderr, disable=not todo):
+        if image is None:
+          counts["unreadable"] += 1
+        else:
+          sink.add(i, names[i], image)
+          counts["written"] += 1
+    sink.close()
+
+
 def prepare_celeba(src, out, crop="landmarks", images="auto", size=64,
-                   scale=1.0, fmt="jpg", workers=None) -> dict:
+                   scale=1.0, fmt="jpg", workers=None, output="folder",
+                   shard_size=1000) -> dict:
   """Writes the cropped CelebA splits; returns counts per outcome.
+
+  `output`: 'folder' (image files) or 'records' (shards of `shard_size`).
 
   Outcomes: written, existing (already on disk, skipped), unreadable
   (warned, skipped), no_annotation (in the partition file but not the crop
@@ -297,14 +476,14 @@ def prepare_celeba(src, out, crop="landmarks", images="auto", size=64,
   for split in SPLITS:
     (out / split).mkdir(parents=True, exist_ok=True)
   counts = dict(written=0, existing=0, unreadable=0, no_annotation=0, missing=0)
-  jobs = []
+  jobs, jobs_by_split = [], {split: [] for split in SPLITS}
   for name, (code,) in sorted(partition.items()):
     if code not in (0, 1, 2):
       raise ValueError(f"{partition_path}: {name} has split {code:g}; expected "
                        "0 (train), 1 (val) or 2 (test)")
     stem_name = os.path.splitext(name)[0]
     target = out / SPLITS[int(code)] / f"{stem_name}.{fmt}"
-    if target.exists():
+    if output == "folder" and target.exists():
       counts["existing"] += 1
       continue
     if name not in annotation:
@@ -320,6 +499,7 @@ def prepare_celeba(src, out, crop="landmarks", images="auto", size=64,
       counts["missing"] += 1
       continue
     jobs.append((source, target, annotation[name], box_fn, scale, size, fmt))
+    jobs_by_split[SPLITS[int(code)]].append(jobs[-1])
 
   if counts["no_annotation"]:
     logging.warning("celeba: %d images listed in %s have no row in %s (skipped)",
@@ -329,6 +509,9 @@ def prepare_celeba(src, out, crop="landmarks", images="auto", size=64,
                     counts["missing"], partition_path, image_dir)
   # Pillow's decode and resize release the GIL, so threads use every core.
   workers = workers or os.cpu_count() or 1
+  if output == "records":
+    _celeba_records(out, jobs_by_split, shard_size, workers, counts)
+    return counts
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
     for outcome in tqdm(pool.map(_celeba_one, jobs, chunksize=1), total=len(jobs),
                         desc="celeba", unit="img", file=sys.stderr,
@@ -347,10 +530,11 @@ def celeba():
   try:
     counts = prepare_celeba(FLAGS.src, FLAGS.out, crop=FLAGS.celeba_crop,
                             images=FLAGS.celeba_images, size=FLAGS.image_size,
-                            scale=FLAGS.celeba_scale, fmt=FLAGS.celeba_format)
+                            scale=FLAGS.celeba_scale, fmt=FLAGS.celeba_format,
+                            output=FLAGS.format, shard_size=FLAGS.shard_size)
   except (FileNotFoundError, ValueError) as e:
     raise SystemExit(f"celeba: {e}") from None
-  for split in SPLITS:
+  for split in SPLITS if FLAGS.format == "folder" else ():
     total = sum(1 for p in (pathlib.Path(FLAGS.out) / split).iterdir()
                 if p.suffix == f".{FLAGS.celeba_format}")
     print(f"celeba {split}: {total} images")

@@ -22,9 +22,10 @@ import numpy as np
 import tensorflow as tf
 
 from tfsym3d.data import folders
+from tfsym3d.data import records
 from tfsym3d.data import synthetic
 
-DATASETS = ("synfaces", "folder", "paired")
+DATASETS = ("synfaces", "folder", "paired", "records")
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -54,7 +55,9 @@ class DataSource:
   """The data of a run (see the module docstring).
 
   Attributes:
-    dataset: 'synfaces', 'folder' or 'paired'.
+    dataset: 'synfaces', 'folder', 'paired' or 'records' (sharded TFRecord
+      files, `tfsym3d.data.records`: under multi-worker training each
+      worker reads and decodes only its own shards).
     data_dir: dataset root (folder, paired); unused for synfaces.
     image_size: S.
     batch_size: global batch B.
@@ -70,9 +73,23 @@ class DataSource:
 
   @property
   def has_ground_truth(self) -> bool:
+    if self.dataset == "records":
+      return self.check_records_depth()
     return self.dataset in ("synfaces", "paired")
 
+  def check_records_depth(self) -> bool:
+    """Whether a records dataset's train (or else test) split holds depth."""
+    for split in ("train", "test", "val"):
+      try:
+        return bool(records.read_index(pathlib.Path(self.data_dir) / split)["has_depth"])
+      except (FileNotFoundError, ValueError, TypeError):
+        continue
+    return False
+
   def _prepare_hint(self) -> str:
+    if self.dataset == "records":
+      return ("write one with `python -m tfsym3d.data.prepare synfaces|celeba ... "
+              f"--format=records --out {self.data_dir or 'DIR'}`")
     if self.dataset == "paired":
       return ("write one with `python -m tfsym3d.data.prepare synfaces --out "
               f"{self.data_dir or 'DIR'} --num 20000` or point --data_dir at the "
@@ -92,6 +109,10 @@ class DataSource:
                               + self._prepare_hint())
     for split in splits:
       where = pathlib.Path(self.data_dir) / split
+      if self.dataset == "records" and where.is_dir() and not (
+          where / records.INDEX_NAME).is_file():
+        raise DataNotFoundError(f"--data_dir={self.data_dir}: {where} has no "
+                                f"{records.INDEX_NAME}; " + self._prepare_hint())
       if not where.is_dir():
         raise DataNotFoundError(f"--data_dir={self.data_dir}: no '{split}' folder "
                                 f"({where} does not exist); " + self._prepare_hint())
@@ -104,6 +125,8 @@ class DataSource:
       return None
     if self.dataset == "paired":
       return len(folders.list_pairs(self.data_dir, "train"))
+    if self.dataset == "records":
+      return records.split_size(self.data_dir, "train")
     return len(folders.list_images(self.data_dir, "train"))
 
   def train_stream(self, start_step: int = 0, steps_per_epoch: int = 0,
@@ -117,6 +140,9 @@ class DataSource:
       part, parts: yield only rows [part * b, (part + 1) * b) of each global
         batch, b = B / parts (one worker's share in multi-worker training);
         the parts of a step together are exactly the one-process batch.
+        Records: worker `part` reads only its own shards instead (each image
+        decoded once per epoch over the cluster); the parts are then not the
+        one-process batch, but together cover the epoch.
     """
     if parts < 1 or not 0 <= part < parts or self.batch_size % parts:
       raise ValueError(f"train_stream: part {part} of {parts} does not divide "
@@ -126,12 +152,17 @@ class DataSource:
       return _synfaces_batches(self.image_size, self.batch_size, self.seed,
                                "train", start_step * self.batch_size, None,
                                training=True, part=part, parts=parts)
+    if self.dataset == "records":
+      return records.train_stream(self.data_dir, "train", self.image_size,
+                                  self.batch_size, self.seed, steps_per_epoch,
+                                  start_step, part, parts, crop=self.crop)
     stream = self._folder_stream(start_step, steps_per_epoch)
     if parts == 1:
       return stream
     rows = self.batch_size // parts
     # Every worker reads the whole global batch and keeps its rows: simple
-    # and exact; decoding is repeated on each worker.
+    # and exact; decoding is repeated on each worker (--dataset=records
+    # avoids that).
     return stream.map(lambda batch: batch[part * rows:(part + 1) * rows])
 
   def _folder_stream(self, start_step, steps_per_epoch):
@@ -164,7 +195,10 @@ class DataSource:
                                training=False, with_depth=True)
     kwargs = dict(image_size=self.image_size, batch_size=batch, training=False,
                   crop=self.crop, seed=self.seed, drop_remainder=False)
-    if self.dataset == "paired":
+    if self.dataset == "records":
+      ds = records.eval_dataset(self.data_dir, split, self.image_size, batch,
+                                with_depth=self.has_ground_truth, crop=self.crop)
+    elif self.dataset == "paired":
       ds = folders.paired_dataset(self.data_dir, split, **kwargs)
     else:
       ds = folders.image_folder_dataset(self.data_dir, split, **kwargs)

@@ -1,0 +1,150 @@
+"""Records datasets: workers' disjoint shares, resume, damaged shards, prepare."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from tfsym3d.data import records
+from tfsym3d.data import sources
+
+
+def _png(rng, size=12):
+  buffer = io.BytesIO()
+  Image.fromarray(rng.integers(0, 255, (size, size, 3), np.uint8)).save(buffer, "PNG")
+  return buffer.getvalue()
+
+
+def _write(root, num=48, shard_size=6, bad_image_at=None):
+  rng = np.random.default_rng(0)
+  writer = records.RecordSplitWriter(root, "train", num, shard_size)
+  for i in range(num):
+    image = b"not an image" if i == bad_image_at else _png(rng)
+    writer.add(i, f"img{i:03d}", image)
+  return writer.close()
+
+
+def _names(stream, n):
+  return [[x.decode() for x in batch.numpy()] for batch in stream.take(n)]
+
+
+def test_two_workers_see_disjoint_images_that_cover_the_epoch(tmp_path):
+  assert _write(tmp_path) == 48
+  data = sources.DataSource("records", data_dir=str(tmp_path), image_size=8,
+                            batch_size=8, seed=1)
+  steps = data.train_size() // data.batch_size          # 6 steps of 8
+  seen = []
+  for part in (0, 1):
+    # The very stream training builds for this worker (distributed_stream
+    # passes the input pipeline id and count), plus its names in order.
+    batches = [b.numpy() for b in data.train_stream(0, steps, part, 2).take(steps)]
+    assert all(b.shape == (4, 8, 8, 3) for b in batches)
+    seen.append(sum(_names(records.names_stream(str(tmp_path), "train", 8, 1, steps,
+                                                0, part, 2), steps), []))
+  assert not set(seen[0]) & set(seen[1])
+  assert sorted(seen[0] + seen[1]) == [f"img{i:03d}" for i in range(48)]
+  # The next epoch deals the shards out differently but covers it again.
+  nxt = [sum(_names(records.names_stream(str(tmp_path), "train", 8, 1, steps, steps,
+                                         part, 2), steps), []) for part in (0, 1)]
+  assert sorted(nxt[0] + nxt[1]) == sorted(seen[0] + seen[1])
+  assert nxt[0] != seen[0]
+
+
+def test_resumed_stream_continues_with_the_next_unseen_records(tmp_path):
+  _write(tmp_path)
+  data = sources.DataSource("records", data_dir=str(tmp_path), image_size=8,
+                            batch_size=4, seed=2)
+  steps = 12
+  whole = [b.numpy() for b in data.train_stream(0, steps, 1, 2).take(16)]
+  # A run killed after step 9 restarts with start_step = 9 (the checkpointed
+  # step): across the epoch end, batch for batch the same.
+  resumed = [b.numpy() for b in data.train_stream(9, steps, 1, 2).take(7)]
+  for a, b in zip(whole[9:], resumed):
+    np.testing.assert_array_equal(a, b)
+  names = sum(_names(records.names_stream(str(tmp_path), "train", 4, 2, steps, 0, 1, 2),
+                     9), [])
+  later = sum(_names(records.names_stream(str(tmp_path), "train", 4, 2, steps, 9, 1, 2),
+                     3), [])
+  assert not set(names) & set(later)     # still inside epoch 0: all unseen
+
+
+def test_truncated_shard_and_bad_image_are_reported_and_skipped(tmp_path, caplog):
+  _write(tmp_path, num=24, shard_size=6, bad_image_at=2)
+  shard = tmp_path / "train" / "shard-00003.tfrecord"
+  shard.write_bytes(shard.read_bytes()[:-25])
+  with caplog.at_level("WARNING"):
+    images = np.concatenate([b.numpy() for b in
+                             records.eval_dataset(str(tmp_path), "train", 8, 5)])
+  assert "shard-00003.tfrecord" in caplog.text and "truncated" in caplog.text
+  # 24 records, one undecodable image, the last record of the cut shard lost.
+  assert images.shape == (22, 8, 8, 3)
+  data = sources.DataSource("records", data_dir=str(tmp_path), image_size=8,
+                            batch_size=4, seed=0)
+  assert len([b for b in data.train_stream(0, 5).take(10)]) == 10
+
+
+def test_writer_resumes_at_the_first_unfinished_shard(tmp_path):
+  rng = np.random.default_rng(0)
+  writer = records.RecordSplitWriter(tmp_path, "val", 10, 4)
+  for i in range(6):                      # killed inside the second shard
+    writer.add(i, f"x{i}", _png(rng))
+  index = json.loads((tmp_path / "val" / "index.json").read_text())
+  assert index["shards"][0]["count"] == 4 and not index["complete"]
+  again = records.RecordSplitWriter(tmp_path, "val", 10, 4)
+  assert [again.needed(i) for i in (0, 3, 4, 9)] == [False, False, True, True]
+  for i in range(4, 10):
+    again.add(i, f"x{i}", _png(rng))
+  assert again.close() == 10
+  assert sorted(p.name for p in (tmp_path / "val").iterdir()) == [
+      "index.json", "shard-00000.tfrecord", "shard-00001.tfrecord",
+      "shard-00002.tfrecord"]
+
+
+def test_prepare_synfaces_records_have_ground_truth(tmp_path):
+  from tfsym3d.data import prepare, synthetic
+  gen = synthetic.SynFaces(image_size=16, seed=0)
+  assert prepare.write_synfaces_split(gen, tmp_path, "test", 5, "records", 2,
+                                      progress=False) == 5
+  assert prepare.write_synfaces_split(gen, tmp_path, "test", 5, "records", 2,
+                                      progress=False) == 0
+  data = sources.DataSource("records", data_dir=str(tmp_path), image_size=16,
+                            batch_size=5)
+  assert data.has_ground_truth
+  images, depth = next(iter(data.eval_dataset("test")))
+  sample = gen.sample(synthetic.split_offset("test") + 3)
+  np.testing.assert_allclose(images[3].numpy(), sample["image"] / 127.5 - 1, atol=1e-5)
+  np.testing.assert_allclose(depth[3].numpy(), sample["depth"], atol=1e-4)
+
+
+def test_too_few_shards_for_the_workers_says_what_to_do(tmp_path):
+  _write(tmp_path, num=12, shard_size=6)
+  with pytest.raises(ValueError, match="smaller --shard_size"):
+    records.train_stream(str(tmp_path), "train", 8, 6, 0, 2, 0, 0, 3)
+  with pytest.raises(sources.DataNotFoundError, match="--format=records"):
+    sources.DataSource("records", data_dir=str(tmp_path / "none")).check()
+
+
+def test_prepare_celeba_records_match_the_folder_crops_and_resume(tmp_path):
+  from tfsym3d.data import prepare
+  import test_prepare_celeba as celeba_fixture
+  src = tmp_path / "celeba"
+  celeba_fixture._make_release(src, "img_align_celeba")  # pylint: disable=protected-access
+  size = celeba_fixture.SIZE
+  folder = prepare.prepare_celeba(src, tmp_path / "folder", size=size, fmt="png")
+  counts = prepare.prepare_celeba(src, tmp_path / "rec", size=size, fmt="png",
+                                  output="records", shard_size=1)
+  assert counts["written"] == folder["written"] == 4 and counts["unreadable"] == 1
+  again = prepare.prepare_celeba(src, tmp_path / "rec", size=size, fmt="png",
+                                 output="records", shard_size=1)
+  assert again["written"] == 0 and again["existing"] == 5
+  for split in ("train", "val", "test"):
+    names = sorted(p.stem for p in (tmp_path / "folder" / split).glob("*.png"))
+    got = [] if not names else np.concatenate(
+        [b.numpy() for b in records.eval_dataset(str(tmp_path / "rec"), split, size, 8)])
+    assert len(got) == len(names)
+    for image, name in zip(got, names):
+      want = np.asarray(Image.open(tmp_path / "folder" / split / f"{name}.png"))
+      np.testing.assert_allclose((image + 1) * 127.5, want, atol=1e-3)

@@ -23,6 +23,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -394,6 +395,10 @@ def main(argv):
   host, port = server.server_address[:2]
   print(f"tfsym3d demo: open http://{host}:{port}/ (model {predictor.source}, "
         f"{predictor.kind}); Ctrl-C stops it", flush=True)
+  def stop(signum, frame):  # pylint: disable=unused-argument
+    raise KeyboardInterrupt
+  # A plain `kill` stops it as Ctrl-C does: its temporary directory is removed.
+  signal.signal(signal.SIGTERM, stop)
   try:
     server.serve_forever()
   except KeyboardInterrupt:

@@ -15,6 +15,8 @@ setup(
     # The top-level export/ directory is installed as tfsym3d_export (never
     # as a generic `export`); from the repository, `python -m export` runs it.
     package_dir={"tfsym3d_export": "export"},
+    # The viewer page's template, script and styles (read at run time).
+    package_data={"tfsym3d.viewer": ["*.html", "*.js", "*.css"]},
     entry_points={"console_scripts": ["tfsym3d-export=tfsym3d_export.cli:run"]},
     install_requires=[
         "tensorflow>=2.21,<2.22",

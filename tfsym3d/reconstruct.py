@@ -25,6 +25,8 @@ Per input image, in `<output>/<name>/`:
                         the surface turning from -90 to +90 degrees yaw,
                         textured with the canonical image, and shaded grey
   factors.json          light, view, relighting directions, depth range
+  viewer.html           the surface to turn and relight in a browser, one
+                        self-contained file (`tfsym3d.viewer`)
 and, for all images, `contact_sheet.png` (a row per image: input, depth,
 albedo, normal, shading, relit) and `index.html`. Files that cannot be read
 are reported and skipped; the rest go on. With --crop_faces, a square around
@@ -53,6 +55,7 @@ from tfsym3d import mesh_io
 from tfsym3d import model as model_lib
 from tfsym3d import predictors
 from tfsym3d import runs
+from tfsym3d import viewer
 from tfsym3d import visualize
 from tfsym3d.data import folders
 from tfsym3d.render.warp import Renderer
@@ -240,7 +243,15 @@ class Reconstructor:
     }
     with open(os.path.join(directory, "factors.json"), "w") as f:
       json.dump(factors, f, indent=2)
+    viewer.write_page(os.path.join(directory, VIEWER_PAGE), result["depth"], named["albedo"],
+                      light, self.camera, cfg.rot_center_depth, title=os.path.basename(source),
+                      links=VIEWER_LINKS)
     return named
+
+
+VIEWER_PAGE = "viewer.html"
+VIEWER_LINKS = (("depth (16-bit PNG)", "depth16.png"), ("depth", "depth.png"),
+                ("mesh (glb)", "mesh.glb"), ("mesh (obj)", "mesh.obj"))
 
 
 SHEET_COLUMNS = ("input", "depth", "albedo", "normal", "shading")
@@ -263,7 +274,8 @@ def write_index(path: str, entries: Sequence[Tuple[str, str]], columns: Sequence
     gifs = "".join(f'<td><img src="{html.escape(name)}/{g}.gif"></td>'
                    for g in ("yaw_textured", "yaw_shape"))
     links = (f'<a href="{html.escape(name)}/mesh.glb">glb</a> '
-             f'<a href="{html.escape(name)}/mesh.obj">obj</a>')
+             f'<a href="{html.escape(name)}/mesh.obj">obj</a> '
+             f'<a href="{html.escape(name)}/{VIEWER_PAGE}">viewer</a>')
     body.append(f"<tr><td>{html.escape(name)}<br><small>{html.escape(source)}</small>"
                 f"<br>{links}</td>{cells}{gifs}</tr>")
   with open(path, "w") as f:

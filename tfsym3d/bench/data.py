@@ -162,7 +162,8 @@ def data_benchmark(num_images: int = 2000, num_pairs: int = 1000, num_synthetic:
       result[f"{name}_warmup_s"] = warm
     if anchor:
       folder = os.path.join(tmp, "folder", "train")
-      paths = sorted(os.path.join(folder, n) for n in os.listdir(folder))
+      paths = sorted(os.path.join(folder, n) for n in os.listdir(folder)
+                     if n.endswith(".jpg"))  # not the scan's index files
       result["anchor_torch"] = anchors.torch_folder_loader(
           paths, image_size, batch_size, repeats, warmup,
           anchor_workers or os.cpu_count() or 1, seed)

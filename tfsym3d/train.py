@@ -614,6 +614,9 @@ def main(argv):
   # First: the multi-worker strategy must set up the runtime itself.
   strategy = make_strategy(FLAGS.strategy)
   precision = precision_for(FLAGS.mixed_precision)
+  # bfloat16 without the CPU's bfloat16 units is slower than float32: say so now.
+  from tfsym3d.bench import machine  # pylint: disable=g-import-not-at-top
+  machine.warn_if_bfloat16_slow(precision)
   config = tflags.model_config()
   train_config = tflags.train_config()
   final = train_config.lam_depth_sm_final

@@ -56,7 +56,8 @@ def anchors() -> np.ndarray:
   return np.concatenate(centres).astype(np.float32)
 
 
-def decode(regressors, logits, min_score: float = 0.5) -> np.ndarray:
+def decode(regressors, logits, min_score: float = 0.5,
+           keypoints: bool = False) -> np.ndarray:
   """Decodes raw BlazeFace outputs into scored boxes.
 
   Args:
@@ -64,7 +65,10 @@ def decode(regressors, logits, min_score: float = 0.5) -> np.ndarray:
     logits: [896] or [896, 1] score logits.
   Returns:
     [K, 5] rows (score, x_min, y_min, x_max, y_max), coordinates in [0, 1]
-    of the detector's input, scores >= min_score, best first.
+    of the detector's input, scores >= min_score, best first. With
+    keypoints: [K, 17], the box then the 6 key points (x, y) in the same
+    units: right eye, left eye (the subject's), nose tip, mouth centre, right
+    ear, left ear.
   """
   regressors = np.asarray(regressors, np.float32).reshape(-1, 16)
   logits = np.asarray(logits, np.float32).reshape(-1)
@@ -74,7 +78,12 @@ def decode(regressors, logits, min_score: float = 0.5) -> np.ndarray:
   scores = 1 / (1 + np.exp(-np.clip(logits, -80, 80)))
   centre = anchors() + regressors[:, 0:2] / INPUT_SIZE
   half = regressors[:, 2:4] / INPUT_SIZE / 2
-  boxes = np.concatenate([scores[:, None], centre - half, centre + half], -1)
+  parts = [scores[:, None], centre - half, centre + half]
+  if keypoints:
+    # Key points are offsets from the anchor centre, like the box centre.
+    points = np.tile(anchors(), (1, 6)) + regressors[:, 4:16] / INPUT_SIZE
+    parts.append(points)
+  boxes = np.concatenate(parts, -1)
   boxes = boxes[scores >= min_score]
   return boxes[np.argsort(-boxes[:, 0], kind="stable")]
 
@@ -97,7 +106,8 @@ def non_max_suppression(boxes, iou_threshold: float = 0.3) -> np.ndarray:
     best = remaining[0]
     kept.append(best)
     remaining = remaining[1:][_iou(best, remaining[1:]) < iou_threshold]
-  return np.array(kept, np.float32).reshape(-1, 5)
+  width = np.asarray(boxes).shape[-1] if np.asarray(boxes).ndim == 2 else 5
+  return np.array(kept, np.float32).reshape(-1, width)
 
 
 def _letterbox(image: np.ndarray):
@@ -134,20 +144,23 @@ class FaceDetector:
       raise RuntimeError(f"{self.model_path}: unexpected outputs {list(outputs)}")
     self._regressors, self._logits = by_size[16], by_size[1]
 
-  def detect(self, image: np.ndarray) -> np.ndarray:
-    """Faces in uint8 [H, W, 3]: [K, 5] (score, x0, y0, x1, y1) in pixels."""
+  def detect(self, image: np.ndarray, keypoints: bool = False) -> np.ndarray:
+    """Faces in uint8 [H, W, 3]: [K, 5] (score, x0, y0, x1, y1) in pixels,
+    best first; with keypoints [K, 17], the 6 key points' (x, y) after the
+    box (see `decode`)."""
     square, side, left, top = _letterbox(np.asarray(image, np.uint8))
     small = Image.fromarray(square).resize((INPUT_SIZE, INPUT_SIZE), Image.BILINEAR)
     x = np.asarray(small, np.float32)[None] / 127.5 - 1
     self._interpreter.set_tensor(self._input, x)
     self._interpreter.invoke()
     boxes = decode(self._interpreter.get_tensor(self._regressors)[0],
-                   self._interpreter.get_tensor(self._logits)[0], self.min_score)
+                   self._interpreter.get_tensor(self._logits)[0], self.min_score,
+                   keypoints=True)
     boxes = non_max_suppression(boxes)
     boxes[:, 1:] *= side
-    boxes[:, [1, 3]] -= left
-    boxes[:, [2, 4]] -= top
-    return boxes
+    boxes[:, 1::2] -= left   # every x: box corners and key points
+    boxes[:, 2::2] -= top
+    return boxes if keypoints else boxes[:, :5]
 
 
 def crop_square(image: np.ndarray, box, margin: float = 0.4) -> np.ndarray:

@@ -46,7 +46,6 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 from PIL import Image
-from PIL import ImageOps
 from tqdm import tqdm
 
 from tfsym3d import face_crop
@@ -58,6 +57,7 @@ from tfsym3d import runs
 from tfsym3d import viewer
 from tfsym3d import visualize
 from tfsym3d.data import folders
+from tfsym3d.data import images
 from tfsym3d.render.warp import Renderer
 
 FLAGS = flags.FLAGS
@@ -117,23 +117,21 @@ def list_inputs(specs: Sequence[str]) -> Tuple[List[str], List[Tuple[str, str]]]
   return files, missing
 
 
-def read_image(path: str) -> np.ndarray:
-  """uint8 RGB [H, W, 3] of any image Pillow reads (EXIF rotation applied).
+# Images decode at reduced size down to this shorter side (see read_image).
+READ_MIN_SIDE = 1024
 
-  Raises ValueError saying why when it cannot be decoded (the caller names
-  the file).
+
+def read_image(path: str, max_pixels: int = images.DEFAULT_MAX_PIXELS) -> np.ndarray:
+  """uint8 RGB [H, W, 3] of any image the readers take (EXIF rotation
+  applied), through the bounded loader `tfsym3d.data.images.load_rgb`:
+  images over `max_pixels` are refused undecoded, large ones decode at
+  reduced size (shorter side >= READ_MIN_SIDE, plenty for the model and the
+  face detector).
+
+  Raises a `tfsym3d.data.images.ImageError` (a ValueError) naming the file
+  and saying why (unreadable, too large, unsupported format, too small).
   """
-  try:
-    with Image.open(path) as im:
-      im.load()
-      im = ImageOps.exif_transpose(im)
-      rgb = folders._pil_to_rgb01(im)  # pylint: disable=protected-access
-  except Exception as error:  # pylint: disable=broad-except
-    # Pillow raises many types for bad files (OSError, SyntaxError, ...).
-    raise ValueError(f"unreadable ({type(error).__name__}: {error})") from None
-  if min(rgb.shape[:2]) < 8:
-    raise ValueError(f"too small ({rgb.shape[1]} x {rgb.shape[0]} pixels)")
-  return (rgb * 255 + 0.5).astype(np.uint8)
+  return images.load_rgb(path, max_pixels, min_side=READ_MIN_SIDE, min_size=8)
 
 
 def centre_square(image: np.ndarray) -> np.ndarray:

@@ -36,9 +36,13 @@ import numpy as np
 from PIL import Image
 import tensorflow as tf
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+from tfsym3d.data import images
+from tfsym3d.data.synthetic import depth_from_png_value  # noqa: F401  (re-exported)
+
+IMAGE_EXTENSIONS = images.IMAGE_EXTENSIONS
 SCAN_CACHE_NAME = ".tfsym3d_scan.json"
-_SCAN_CACHE_VERSION = 2
+# 3: the pixel limit (images.DEFAULT_MAX_PIXELS) is part of the probe.
+_SCAN_CACHE_VERSION = 3
 # Decoder per file, chosen from the content at scan time (PNG: 8-bit or less
 # per channel, PNG16: 16-bit).
 KIND_JPEG, KIND_PNG, KIND_PIL, KIND_PNG16 = 0, 1, 2, 3
@@ -154,6 +158,8 @@ def _probe(path: str) -> dict:
     with Image.open(path) as im:
       w, h = im.size
       fmt, mode = im.format, im.mode
+      # The same pixel limit as every other reader: refused undecoded.
+      images.check_size(path, w, h, images.DEFAULT_MAX_PIXELS)
       if fmt == "JPEG":
         # Decoding at 1/8 scale still reads the whole stream (so truncation
         # is caught) but is several times faster.
@@ -333,17 +339,7 @@ def _crop_window(crop, h, w):
 # --------------------------------------------------------------------------
 # Decoding (graph side).
 
-def _pil_to_rgb01(im: Image.Image) -> np.ndarray:
-  """A Pillow image of any mode as float32 RGB [H, W, 3] in [0, 1]."""
-  if im.mode.startswith("I;16") or im.mode == "I":
-    # 16-bit grey (Pillow reads 16-bit PNG/TIFF as I;16 or I); convert("RGB")
-    # would clip at 255, so scale by the 16-bit maximum instead.
-    a = np.clip(np.asarray(im, np.float32) / 65535.0, 0.0, 1.0)
-    return np.repeat(a[..., None], 3, axis=-1)
-  if im.mode == "F":
-    a = np.clip(np.asarray(im, np.float32), 0.0, 1.0)
-    return np.repeat(a[..., None], 3, axis=-1)
-  return np.asarray(im.convert("RGB"), np.float32) / 255.0
+_pil_to_rgb01 = images.pil_to_rgb01
 
 
 def _pil_decode(contents: bytes, path: bytes) -> np.ndarray:
@@ -690,16 +686,6 @@ def image_folder_dataset(root, split, image_size: int = 64,
   return _assemble(elements, decode, _value_scale(dtype), finish, image_size,
                    same, batch_size, training, seed, drop_remainder,
                    first_epoch, skip_batches)
-
-
-def depth_from_png_value(g, min_depth: float = 0.9, max_depth: float = 1.1):
-  """METHOD 8: depth from a depth-PNG value g in [0, 1] (white = near).
-
-  d = depth_rescale((1 - g) * 2 - 1) with depth_rescale mapping [-1, 1] to
-  [min_depth, max_depth], i.e. d = (1 - g) * max_depth + g * min_depth
-  (1.1 - 0.2 g by default). Works on floats, NumPy arrays and tensors.
-  """
-  return (1.0 - g) * max_depth + g * min_depth
 
 
 def paired_dataset(root, split, image_size: int = 64, batch_size: int = 64,

@@ -21,12 +21,21 @@ about and skipped. --num, --seed and --split_fractions do not apply.
 
 --format=records writes each split instead as shards of --shard_size
 TFRecords with an index (`tfsym3d.data.records`; train with
---dataset=records), resuming at the first unfinished shard. Every
-subcommand writes through a `SplitSink` (`open_sink`).
+--dataset=records), resuming at the first unfinished shard. `celeba` and
+`synfaces` write through a `SplitSink` (`open_sink`).
+
+  python -m tfsym3d.data.prepare faces --src PHOTOS --out DIR [--image_size 64]
+  python -m tfsym3d.data.prepare folder --src IMAGES --out DIR [--crop C]
+
+`faces` and `folder` turn a folder of ordinary photos into the same layout
+(`tfsym3d.data.photos`; docs/own_photos.md): faces by BlazeFace framed like
+`celeba`, or a centre / box crop; split by source photo with
+--split_fractions, duplicates dropped, resumable, with a report and a preview.
 """
 
 import concurrent.futures
 import io
+import json
 import math
 import os
 import pathlib
@@ -541,7 +550,69 @@ def celeba():
   print("celeba: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
-COMMANDS = {"synfaces": synfaces, "celeba": celeba}
+# --------------------------------------------------------------------------
+# Own photos: `faces` (BlazeFace, CelebA framing) and `folder` (centre or box
+# crop); the logic is in tfsym3d.data.photos.
+
+flags.DEFINE_enum("faces", "largest", ["largest", "all"],
+                  "faces: crop the largest face of each photo, or every face "
+                  "passing --min_face_size and --min_face_score.")
+flags.DEFINE_integer("min_face_size", 40, "faces: smallest face box kept (longer "
+                     "side, pixels of the source photo).")
+flags.DEFINE_float("min_face_score", 0.7, "faces: BlazeFace score threshold.")
+flags.DEFINE_float("crop_scale", 1.0, "faces: multiplies the CelebA-framed crop "
+                   "side; above 1 keeps more context (the margin).")
+flags.DEFINE_float("min_sharpness", 0.0, "faces/folder: drop crops whose Laplacian "
+                   "variance (grey, 0..255) is below this; 0: off (try 20).")
+flags.DEFINE_integer("near_duplicate_bits", 4, "faces/folder: crops whose 64-bit "
+                     "difference hashes differ in at most this many bits are near "
+                     "duplicates; -1: off.")
+flags.DEFINE_integer("max_image_pixels", 64_000_000, "faces/folder: images with more "
+                     "pixels are skipped undecoded (too_large).")
+flags.DEFINE_integer("max_photos", 0, "faces/folder: stop after this many new photos "
+                     "(0: all); a rerun resumes.")
+
+
+def _photos_config(mode: str):
+  """The PrepareConfig of `faces` / `folder` from the parsed flags."""
+  from tfsym3d.data import photos  # pylint: disable=g-import-not-at-top
+  from tfsym3d.data import sources  # pylint: disable=g-import-not-at-top
+  try:
+    fractions = tuple(float(f) for f in FLAGS.split_fractions)
+    crop = sources.parse_crop(FLAGS.crop)
+  except ValueError as error:
+    raise app.UsageError(str(error)) from None
+  return photos.PrepareConfig(
+      mode=mode, image_size=FLAGS.image_size, split_fractions=fractions,
+      faces=FLAGS.faces, min_face_size=FLAGS.min_face_size,
+      min_face_score=FLAGS.min_face_score, crop_scale=FLAGS.crop_scale,
+      crop=list(crop) if isinstance(crop, tuple) else crop,
+      min_sharpness=FLAGS.min_sharpness,
+      near_duplicate_bits=FLAGS.near_duplicate_bits,
+      max_pixels=FLAGS.max_image_pixels)
+
+
+def _own_photos(mode: str):
+  """The `faces` and `folder` subcommands."""
+  from tfsym3d.data import photos  # pylint: disable=g-import-not-at-top
+  if not FLAGS.src or not FLAGS.out:
+    raise app.UsageError(f"{mode}: set --src PHOTOS and --out DIR")
+  config = _photos_config(mode)
+  try:
+    report = photos.prepare_photos(FLAGS.src, FLAGS.out, config,
+                                   max_photos=FLAGS.max_photos,
+                                   progress=FLAGS.progress)
+  except (FileNotFoundError, ValueError, RuntimeError) as error:
+    raise SystemExit(f"{mode}: {error}") from None
+  if FLAGS.json:
+    sys.stdout.write(json.dumps(report) + "\n")
+  else:
+    print(photos.format_report(report))
+
+
+COMMANDS = {"synfaces": synfaces, "celeba": celeba,
+            "faces": lambda: _own_photos("faces"),
+            "folder": lambda: _own_photos("folder")}
 
 
 def main(argv):

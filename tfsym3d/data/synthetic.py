@@ -606,11 +606,22 @@ def encode_depth(depth: np.ndarray) -> np.ndarray:
   return np.round(g * _DEPTH_PNG_MAX).astype(np.uint16)
 
 
+def depth_from_png_value(g, min_depth: float = MIN_DEPTH, max_depth: float = MAX_DEPTH):
+  """METHOD 8: depth from a depth-PNG value g in [0, 1] (white = near).
+
+  d = depth_rescale((1 - g) * 2 - 1) with depth_rescale mapping [-1, 1] to
+  [min_depth, max_depth], i.e. d = (1 - g) * max_depth + g * min_depth
+  (1.1 - 0.2 g by default). Works on floats, NumPy arrays and tensors. The
+  one decoder of the depth PNGs: the paired folder reader uses it too.
+  """
+  return (1.0 - g) * max_depth + g * min_depth
+
+
 def decode_depth(values: np.ndarray) -> np.ndarray:
-  """METHOD 8: g = value / max; d = depth_rescale((1 - g) * 2 - 1)."""
+  """METHOD 8 on 16-bit PNG values: g = value / 65535, then
+  `depth_from_png_value(g)`; float32."""
   g = values.astype(np.float64) / _DEPTH_PNG_MAX
-  t = (1 - g) * 2 - 1
-  return ((1 + t) / 2 * MAX_DEPTH + (1 - t) / 2 * MIN_DEPTH).astype(np.float32)
+  return depth_from_png_value(g).astype(np.float32)
 
 
 def _save_atomic(image, path: str):

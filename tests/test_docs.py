@@ -23,7 +23,7 @@ _HEADING = re.compile(r"^\s{0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
 # Spelled in pieces so that this file does not match itself.
 _UP_AND_SHARED = ".." + "/shared"
 _SHARED_DESIGN = "shared" + "/design"
-_OLD_SPEC = re.compile(r"\b" + "METHOD" + r"(\.md)?\b")
+_OLD_SPEC = re.compile(r"\b" + "METH" + "OD" + r"(\.md)?\b")
 
 
 def _doc_files():

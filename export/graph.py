@@ -2,7 +2,7 @@
 
 Only what inference needs runs here: the depth, albedo, light and view
 networks (and the confidence network for the full set), the canonical
-shading of METHOD 4 through `Unsup3D.shade`. No reprojection, no
+shading of docs/method.md §4 through `Unsup3D.shade`. No reprojection, no
 rasterisation, no flipped half: those exist for the training losses.
 
 Two output sets:
@@ -38,7 +38,7 @@ def output_names(model, lean: bool = False):
 
 
 def preprocess(images: tf.Tensor, image_size: int) -> tf.Tensor:
-  """uint8 images [N, H, W, 3] -> float32 [N, S, S, 3] in [-1, 1] (METHOD 1).
+  """uint8 images [N, H, W, 3] -> float32 [N, S, S, 3] in [-1, 1] (docs/method.md §1).
 
   Resizes only when the static size differs from S (TFLite's fixed S x S
   input skips the op). Bilinear with antialiasing when shrinking, as the

@@ -15,7 +15,7 @@ Usage:
       [--inference_formats keras,savedmodel,tflite_fp32,...]
 
 `renderer` times what the model does to reproject a batch of canonical depth
-maps into their views (METHOD 5): `Renderer.reconstructed_depth` (mesh,
+maps into their views (docs/method.md §5): `Renderer.reconstructed_depth` (mesh,
 rigid transform, rasterization, depth interpolation) followed by
 `Renderer.canonical_grid` (the sampling grid), once per rasterizer backend.
 
@@ -167,7 +167,7 @@ def _time_renderer_backend(backend, depth, view, image_size, repeats, warmup, pr
   """
   from tfsym3d.render.warp import Renderer  # pylint: disable=g-import-not-at-top
   # 'tfg_own_bary' is the kernel with tensorflow-graphics' own differentiable
-  # barycentrics (the path the issue measured); 'tfg' is what --rasterizer=tfg
+  # barycentrics (tensorflow-graphics' path as it ships); 'tfg' is what --rasterizer=tfg
   # runs: the kernel with our pixel-relative barycentrics.
   if backend not in RENDERER_BACKENDS:
     raise ValueError(f"unknown renderer backend {backend!r}: use one of "
@@ -418,7 +418,7 @@ def _train_step_flops(twin, batch_size: int, image_size: int) -> Dict:
 # -- data --------------------------------------------------------------------
 
 # CelebA's aligned image size (width, height) and the paired layout's default
-# centre crop (METHOD 8; the reference's synthetic faces are 256 x 256).
+# centre crop (docs/method.md §8; the reference's synthetic faces are 256 x 256).
 _FOLDER_WH = (178, 218)
 _PAIRED_WH = (256, 256)
 _PAIRED_CROP = 170
@@ -444,7 +444,7 @@ def write_image_folder(directory: str, num: int, seed: int = 0,
 
 
 def write_pairs(directory: str, num: int, seed: int = 0, progress: bool = True) -> None:
-  """Writes `num` pairs in METHOD 8's layout under `directory` (a split).
+  """Writes `num` pairs in docs/method.md §8's layout under `directory` (a split).
 
   `image/<name>_image.png`: random smooth 256 x 256 RGB; `depth/<name>_depth.png`:
   random smooth 8-bit grey of the same size.
@@ -494,7 +494,7 @@ def data_benchmark(num_images: int = 2000, num_pairs: int = 1000, num_synthetic:
   * folder: `image_folder_dataset` (training: shuffle and flip, no crop) over
     `num_images` random smooth 178 x 218 JPEGs (CelebA's size, quality 90).
   * paired: `paired_dataset` (training, centre crop 170) over `num_pairs`
-    random smooth 256 x 256 RGB PNGs with 8-bit grey depth PNGs (METHOD 8).
+    random smooth 256 x 256 RGB PNGs with 8-bit grey depth PNGs (docs/method.md §8).
   * synthetic: `SynFaces.sample` called `num_synthetic` times, and the same
     samples through `SynFaces.tf_dataset`.
 

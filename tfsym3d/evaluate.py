@@ -1,4 +1,4 @@
-"""Evaluation against ground-truth depth (METHOD 8):
+"""Evaluation against ground-truth depth (docs/method.md §8):
 `python -m tfsym3d.evaluate --checkpoint RUN_DIR [--dataset paired --data_dir DIR] [--json]`.
 
 For every image of the split: SIDE (x 1e-2) and MAD (degrees) of the

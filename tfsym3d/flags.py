@@ -46,8 +46,8 @@ _MODEL_HELP = {
     "weight_decay": "Classic L2 weight decay added to every gradient.",
     "rasterizer": ("Rasterizer backend: 'tf' (pure TensorFlow, any device) or 'tfg' "
                    "(tensorflow-graphics' CPU kernel, compiled on first use)."),
-    "renderer_xla": ("Compile the 'tf' renderer's stages with XLA: 3-6x faster "
-                     "on CPU after a compile of about 20 s per process (cached "
+    "renderer_xla": ("Compile the 'tf' renderer's stages with XLA: several "
+                     "times faster on CPU after a compile at start (cached "
                      "across processes by TF_XLA_FLAGS=--tf_xla_persistent_cache_"
                      "directory=DIR). Off: plain TensorFlow ops, no compile; for "
                      "runs of a few steps (configs/tiny.cfg)."),
@@ -92,7 +92,7 @@ flags.DEFINE_enum("dataset", "synfaces", ["synfaces", "folder", "paired"],
                   "Training data: 'synfaces' (built-in generator, streamed, with "
                   "ground truth), 'folder' (<data_dir>/{train,val,test}/** images, "
                   "e.g. CelebA from `tfsym3d.data.prepare celeba`) or 'paired' "
-                  "(<data_dir>/<split>/image|depth, METHOD 8, with ground truth).")
+                  "(<data_dir>/<split>/image|depth, docs/method.md §8, with ground truth).")
 flags.DEFINE_string("data_dir", None, "Dataset root for --dataset=folder or paired.")
 flags.DEFINE_string("crop", None, "Crop before resizing: none (empty), an int c (centre "
                     "c x c) or 'top,left,height,width'.")

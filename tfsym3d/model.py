@@ -1,4 +1,4 @@
-"""The photo-geometric autoencoder (METHOD 2-6) as one Keras model.
+"""The photo-geometric autoencoder (docs/method.md §2-6) as one Keras model.
 
 `Unsup3D(config)(images)` returns a `Decomposition`: every factor, the
 reconstructions of both halves (predicted and flipped) and the confidence
@@ -78,24 +78,24 @@ class Decomposition:
 
 
 def flip(maps):
-  """Mirrors maps left-right: [B, H, W, ...] along W (METHOD 3)."""
+  """Mirrors maps left-right: [B, H, W, ...] along W (docs/method.md §3)."""
   return tf.reverse(maps, axis=[2])
 
 
 def _rescale(t, low, high):
-  """[-1, 1] -> [low, high] as METHOD 2 writes it."""
+  """[-1, 1] -> [low, high] as docs/method.md §2 writes it."""
   return (1 + t) / 2 * high + (1 - t) / 2 * low
 
 
 def light_direction(light):
-  """Unit light directions [B, 3] normalize([lx, ly, 1]) of lights [B, 4] (METHOD 2)."""
+  """Unit light directions [B, 3] normalize([lx, ly, 1]) of lights [B, 4] (docs/method.md §2)."""
   light = tf.convert_to_tensor(light)
   direction = tf.concat([light[:, 2:4], tf.ones_like(light[:, :1])], axis=1)
   return direction / tf.norm(direction, axis=1, keepdims=True)
 
 
 def shade(depth, albedo, light, direction, camera: geometry.Camera):
-  """The canonical image of METHOD 4, as a pure function of the factors.
+  """The canonical image of docs/method.md §4, as a pure function of the factors.
 
   Args:
     depth: [B, S, S] canonical depth; albedo: [B, S, S, 3] in [-1, 1].
@@ -205,7 +205,7 @@ class Unsup3D(keras.Model):
             self.net_view(images), conf)
 
   def depth(self, images, raw=None):
-    """Canonical depth [B, S, S] (METHOD 2); `raw`: netD's output if known."""
+    """Canonical depth [B, S, S] (docs/method.md §2); `raw`: netD's output if known."""
     cfg = self.config
     raw = (self.net_depth(images) if raw is None else raw)[..., 0]
     raw = raw - tf.reduce_mean(raw, axis=[1, 2], keepdims=True)
@@ -214,7 +214,7 @@ class Unsup3D(keras.Model):
     return depth * (1 - border) + border * cfg.border_depth
 
   def light(self, images, raw=None):
-    """(light [B, 4], direction [B, 3]) (METHOD 2); `raw`: netL's output."""
+    """(light [B, 4], direction [B, 3]) (docs/method.md §2); `raw`: netL's output."""
     cfg = self.config
     raw = self.net_light(images) if raw is None else raw
     ambient = _rescale(raw[:, 0:1], cfg.min_amb_light, cfg.max_amb_light)
@@ -223,7 +223,7 @@ class Unsup3D(keras.Model):
     return light, light_direction(light)
 
   def view(self, images, raw=None):
-    """Viewpoint [B, 6]: rotations in radians, then translations (METHOD 2);
+    """Viewpoint [B, 6]: rotations in radians, then translations (docs/method.md §2);
     `raw`: netV's output."""
     cfg = self.config
     raw = self.net_view(images) if raw is None else raw
@@ -232,13 +232,13 @@ class Unsup3D(keras.Model):
                       raw[:, 5:6] * cfg.z_translation_range], axis=1)
 
   def shade(self, depth, albedo, light, direction):
-    """Normals, diffuse shading, shading and canonical image (METHOD 4)."""
+    """Normals, diffuse shading, shading and canonical image (docs/method.md §4)."""
     return shade(depth, albedo, light, direction, self.renderer.camera)
 
   # -- forward -------------------------------------------------------------
 
   def call(self, images, training=False) -> Decomposition:
-    """Decomposes images [B, S, S, 3] in [-1, 1] (METHOD 2-5)."""
+    """Decomposes images [B, S, S, 3] in [-1, 1] (docs/method.md §2-5)."""
     images = tf.convert_to_tensor(images, tf.float32)
     batch = tf.shape(images)[0]
     raw_depth, albedo, raw_light, raw_view, conf = self._networks_fn(images)
@@ -247,7 +247,7 @@ class Unsup3D(keras.Model):
     view = self.view(images, raw_view)
 
     # Both halves at once: predicted factors and their mirror images share
-    # the light and the viewpoint (METHOD 3).
+    # the light and the viewpoint (docs/method.md §3).
     depth2 = tf.concat([depth, flip(depth)], 0)
     albedo2 = tf.concat([albedo, flip(albedo)], 0)
     light2, direction2 = tf.tile(light, [2, 1]), tf.tile(direction, [2, 1])
@@ -280,7 +280,7 @@ class Unsup3D(keras.Model):
   # -- losses and training -------------------------------------------------
 
   def compute_losses(self, images, out: Decomposition) -> Dict[str, tf.Tensor]:
-    """Every loss term of METHOD 6 and the total, by name."""
+    """Every loss term of docs/method.md §6 and the total, by name."""
     with tf.name_scope("losses"):   # names the ops in profiles
       return self._compute_losses(images, out)
 
@@ -316,7 +316,7 @@ class Unsup3D(keras.Model):
   def train_step(self, data):
     """One Adam step on a batch of images (Keras `fit` calls this).
 
-    Weight decay is classic L2 (METHOD 6): `weight_decay * w` is added to each
+    Weight decay is classic L2 (docs/method.md §6): `weight_decay * w` is added to each
     gradient before Adam, not decoupled as in AdamW. A step whose loss or
     gradients are not finite on any replica is skipped whole (weights and
     Adam state untouched); `nonfinite_streak` counts such steps in a row and

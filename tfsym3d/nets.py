@@ -1,4 +1,4 @@
-"""The five networks of METHOD 7 as Keras 3 models (NHWC).
+"""The five networks of docs/method.md §7 as Keras 3 models (NHWC).
 
 Every network takes a Keras dtype policy `dtype` ("float32" by default, or
 "mixed_bfloat16" / "mixed_float16" for mixed precision): convolutions then

@@ -4,7 +4,7 @@
   python -m tfsym3d.data.prepare synfaces --preview docs/synfaces_samples.png
   python -m tfsym3d.data.prepare celeba --src CELEBA_ROOT --out DIR [--image_size 64]
 
-`synfaces` writes METHOD 8's paired layout (<out>/<split>/image/*_image.png,
+`synfaces` writes docs/method.md §8's paired layout (<out>/<split>/image/*_image.png,
 <out>/<split>/depth/*_depth.png) for train/val/test, splitting --num by
 --split_fractions. Pairs already on disk are skipped, so re-running resumes.
 

@@ -27,7 +27,7 @@ setup(
         "tqdm>=4.66,<5",
         "tensorboard>=2.21,<2.22",  # training summaries (tf.summary needs it)
         # Second rasterizer backend and its reference: only its C++ kernel
-        # sources and its differentiable barycentrics are used (see README).
+        # sources and its differentiable barycentrics are used (see docs/rasterizer.md).
         "tensorflow-graphics==2021.12.3",
     ],
     extras_require={

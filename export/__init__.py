@@ -1,4 +1,4 @@
-"""Export of trained tfsym3d models for deployment (issue 5).
+"""Export of trained tfsym3d models for deployment.
 
 SavedModel for TF Serving, TFLite for on-device depth and albedo, ONNX; see
 `export.writers` for the layout and signatures, `export.runtime` to run

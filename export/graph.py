@@ -38,7 +38,7 @@ def output_names(model, lean: bool = False):
 
 
 def preprocess(images: tf.Tensor, image_size: int) -> tf.Tensor:
-  """uint8 images [N, H, W, 3] -> float32 [N, S, S, 3] in [-1, 1] (METHOD 1).
+  """uint8 images [N, H, W, 3] -> float32 [N, S, S, 3] in [-1, 1] (docs/method.md §1).
 
   Resizes only when the static size differs from S (TFLite's fixed S x S
   input skips the op). Bilinear with antialiasing when shrinking, as the

@@ -45,7 +45,7 @@ def _missing_overrides():
 
 def _bazel_skip_reason():
   if shutil.which("bazel") is None:
-    return ("bazel is not installed (README 'Building the kernel with Bazel' "
+    return ("bazel is not installed (docs/rasterizer.md, 'Building the kernel with Bazel', "
             "says how to install it with apt); the on-first-use g++ "
             "build is tested by test_tfg_backend.py")
   missing = _missing_overrides()

@@ -115,7 +115,7 @@ def test_train_step_benchmark_tiny(tmp_path):
   assert "anchor, PyTorch" in bench.format_table(result)
 
 
-@pytest.mark.slow   # 40 s of XLA compilation; test_precision covers both paths in training
+@pytest.mark.slow   # long XLA compilation; test_precision covers both paths in training
 def test_train_step_benchmark_runs_what_jit_compile_and_mixed_precision_ask():
   result = train_step_bench.train_step_benchmark(batch_size=2, image_size=16, nf=8, steps=1, warmup=1,
                                       vgg_weights="none", progress=False, jit_compile=True,

@@ -1,9 +1,9 @@
 """tfsym3d.convert: reference PyTorch checkpoints in, same outputs out.
 
-PyTorch networks written from METHOD 7 (tests/torch_reference.py, reference
+PyTorch networks written from docs/method.md §7 (tests/torch_reference.py, reference
 module names, so reference state-dict keys) are saved as a reference
 checkpoint dict, converted, and compared network by network and on the
-decomposition (METHOD 2) with the converted tfsym3d model.
+decomposition (docs/method.md §2) with the converted tfsym3d model.
 """
 
 import json

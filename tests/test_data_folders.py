@@ -231,7 +231,7 @@ def test_paired_flips_image_and_depth_together(tmp_path):
 
 
 # --------------------------------------------------------------------------
-# Depth units (METHOD 8).
+# Depth units (docs/method.md §8).
 
 def test_depth_png_8_and_16_bit_and_rgb(tmp_path):
   values = [("L", 200, 255), ("I;16", 40000, 65535), ("RGB", 90, 255)]
@@ -372,7 +372,7 @@ def test_scan_cache_reused_from_json(tmp_path, monkeypatch):
 
 
 def test_reads_the_synthetic_face_writer_exactly(tmp_path):
-  """METHOD 8 files from tfsym3d.data.synthetic (16-bit depth) round-trip."""
+  """docs/method.md §8 files from tfsym3d.data.synthetic (16-bit depth) round-trip."""
   synthetic = pytest.importorskip("tfsym3d.data.synthetic")
   synthetic.write_split(str(tmp_path), "test", 3, image_size=S, progress=False)
   im, d = _collect(folders.paired_dataset(tmp_path, "test", S, 4, crop=None))

@@ -27,14 +27,14 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 16
 # Tiny, with a confidence net (its outputs are part of the SavedModel set).
 # Width 16: at width 8 the random network's full-int8 depth error sat at
-# 0.0019-0.0021 (budget 0.002), at 16 at 0.0018 (README, Export).
+# 0.0019-0.0021 (budget 0.002), at 16 at 0.0018 (docs/export.md, Parity).
 CONFIG = ModelConfig(image_size=SIZE, nf=16, zdim=32, nf_encoder=8, nf_conf=4,
                      zdim_conf=8, vgg_weights="none", lam_perc=0.0)
 MODEL_FLAGS = ["--image_size=16", "--nf=16", "--zdim=32", "--nf_encoder=8",
                "--nf_conf=4", "--zdim_conf=8", "--vgg_weights=none", "--lam_perc=0"]
 NUM_PARITY = 32
 DEPTH_RANGE = CONFIG.max_depth - CONFIG.min_depth
-TOLERANCE = {  # (statistic of |depth - Keras depth|, bound): issue 5, point 4
+TOLERANCE = {  # (statistic of |depth - Keras depth|, bound): the export's parity budget
     "float32": ("max", 1e-4), "onnx": ("max", 1e-4), "savedmodel": ("max", 1e-4),
     "float16": ("max", 1e-3),
     "int8_dynamic": ("mean", 0.01 * DEPTH_RANGE), "int8_full": ("mean", 0.01 * DEPTH_RANGE),

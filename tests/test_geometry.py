@@ -1,4 +1,4 @@
-"""Geometry (METHOD 1, 4, 5) with hand-checked numbers."""
+"""Geometry (docs/method.md §1, §4, §5) with hand-checked numbers."""
 
 import math
 
@@ -62,7 +62,7 @@ def test_transform_then_inverse_is_identity():
 def test_plane_normals():
   normal = geometry.normals_from_depth(tf.fill([2, 16, 16], 1.0), CAMERA)
   # t_u = (2/f, 0, 0), t_v = (0, 2/f, 0): n = (0, 0, c / (c + 1e-7)) with
-  # c = 4 / f^2 = 3.09e-5. The eps of METHOD 4 (as in the reference) keeps
+  # c = 4 / f^2 = 3.09e-5. The eps of docs/method.md §4 (as in the reference) keeps
   # the length just under 1 at this scale.
   c = 4 / CAMERA.focal ** 2
   np.testing.assert_allclose(normal[:, 1:-1, 1:-1].numpy(),
@@ -82,7 +82,7 @@ def test_plane_normals():
 
 
 def test_zero_view_reproduces_canonical_image_and_depth():
-  """With a zero viewpoint, reprojection is the identity (METHOD 5)."""
+  """With a zero viewpoint, reprojection is the identity (docs/method.md §5)."""
   config = ModelConfig(nf=8, zdim=16, nf_encoder=8, nf_conf=8, zdim_conf=16,
                        vgg_weights="none")
   renderer = Unsup3D(config).renderer

@@ -1,4 +1,4 @@
-"""Losses of METHOD 6 against NumPy, and PerceptualLoss weight loading."""
+"""Losses of docs/method.md §6 against NumPy, and PerceptualLoss weight loading."""
 
 import h5py
 import keras

@@ -1,4 +1,4 @@
-"""SIDE, MAD and the evaluation masks of METHOD 8, with hand-checked numbers."""
+"""SIDE, MAD and the evaluation masks of docs/method.md §8, with hand-checked numbers."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""The model's forward pass, losses, gradients and learning (METHOD 2-6)."""
+"""The model's forward pass, losses, gradients and learning (docs/method.md §2-6)."""
 
 import logging as std_logging
 import math
@@ -43,7 +43,7 @@ def test_decomposition_fields_ranges_and_formulas():
   assert shapes["conf_sigma_l1"] == (3, 64, 64, 2) and shapes["conf_sigma_percl"] == (3, 16, 16, 2)
 
   depth = out.canon_depth.numpy()
-  # 0.7 * 1.1 + 0.3 * 0.9 = 1.04 (METHOD 2 prints 1.05; the formula is the
+  # 0.7 * 1.1 + 0.3 * 0.9 = 1.04 (not 1.05; docs/differences.md: the formula is the
   # reference implementation's and is what we follow).
   assert config.border_depth == pytest.approx(1.04)
   np.testing.assert_array_equal(depth[:, :, [0, 1, 62, 63]], np.float32(1.04))
@@ -54,7 +54,7 @@ def test_decomposition_fields_ranges_and_formulas():
   assert np.abs(out.view[:, :3].numpy()).max() <= math.radians(60) + 1e-6
   assert np.abs(out.view[:, 5].numpy()).max() == 0          # z translation range 0
 
-  # Canonical image = ((albedo / 2 + 0.5) * shading) * 2 - 1 (METHOD 4).
+  # Canonical image = ((albedo / 2 + 0.5) * shading) * 2 - 1 (docs/method.md §4).
   expected = (out.canon_albedo / 2 + 0.5) * out.canon_shading * 2 - 1
   np.testing.assert_allclose(out.canon_image.numpy(), expected.numpy(), atol=1e-6)
   # The flipped half is the reconstruction of the mirrored depth.

@@ -1,6 +1,6 @@
 """The pure-TF rasterizer ('tf') agrees with tensorflow-graphics' kernel ('tfg').
 
-Scenes are what the model renders (METHOD 2, 5): grid meshes of smooth random
+Scenes are what the model renders (docs/method.md §2, §5): grid meshes of smooth random
 depth maps in [0.9, 1.1] with the border columns at 1.05, moved by random
 rigid transforms (rotations up to 60 degrees about each axis, translations up
 to 0.1 in x and y) about (0, 0, 1). Run with -s to see the measured agreement.
@@ -38,7 +38,7 @@ def random_scene(batch, size, coarse, rng):
   camera = Camera.from_fov(size, 10)
   noise = rng.normal(size=(batch, coarse, coarse, 1)).astype(np.float32)
   field = tf.image.resize(noise, [size, size], method="bicubic")[..., 0]
-  # As the depth network's output is turned into depth (METHOD 2).
+  # As the depth network's output is turned into depth (docs/method.md §2).
   field = field - tf.reduce_mean(field, axis=[1, 2], keepdims=True)
   t = tf.tanh(field).numpy()
   depth = (1 + t) / 2 * MAX_DEPTH + (1 - t) / 2 * MIN_DEPTH

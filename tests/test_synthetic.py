@@ -58,7 +58,7 @@ def test_ranges(samples):
     np.testing.assert_array_equal(depth[~mask], np.float32(synthetic.FAR_DEPTH))
     assert depth[mask].min() >= synthetic.MIN_DEPTH
     assert depth[mask].max() < synthetic.FAR_DEPTH
-    # METHOD 8's foreground is exactly the rendered object.
+    # docs/method.md §8's foreground is exactly the rendered object.
     np.testing.assert_array_equal(depth < depth.max(), mask)
     assert 0.05 < mask.mean() < 0.8
     canon = s["canon_depth"]
@@ -77,7 +77,7 @@ def test_depth_png_round_trip(tmp_path, samples):
   Image.fromarray(synthetic.encode_depth(depth)).save(path)
   values = np.array(Image.open(path))
   assert values.dtype == np.uint16
-  # METHOD 8: g = value / max, d = depth_rescale((1 - g) * 2 - 1).
+  # docs/method.md §8: g = value / max, d = depth_rescale((1 - g) * 2 - 1).
   g = values / 65535.0
   t = (1 - g) * 2 - 1
   decoded = (1 + t) / 2 * 1.1 + (1 - t) / 2 * 0.9
@@ -130,7 +130,7 @@ def test_tf_dataset_shapes_and_values(gen):
 
 
 def test_numpy_renderer_agrees_with_model_renderer(samples):
-  """The same posed full grid mesh through both renderers (METHOD 5)."""
+  """The same posed full grid mesh through both renderers (docs/method.md §5)."""
   from tfsym3d.config import ModelConfig
   from tfsym3d.render.warp import Renderer
   picks = [s for s in samples if abs(s["view"][1]) > math.radians(30)][:2]
@@ -232,7 +232,7 @@ def test_prepare_cli_writes_splits_resumes_and_previews(tmp_path):
 
 
 def test_normals_and_pose_match_the_model_geometry(samples):
-  """Shading uses METHOD 4's normals and the pose METHOD 5's transform."""
+  """Shading uses docs/method.md §4's normals and the pose docs/method.md §5's transform."""
   from tfsym3d import geometry
   depth = samples[0]["canon_depth"]
   camera = geometry.Camera.from_fov(SIZE, 10.0)

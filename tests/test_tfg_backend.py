@@ -38,7 +38,7 @@ def kernel_cache(tmp_path_factory):
 
 
 def grid_faces(height, width):
-  """[F, 3] int32 faces of the grid mesh of an H x W map (METHOD 5)."""
+  """[F, 3] int32 faces of the grid mesh of an H x W map (docs/method.md §5)."""
   v, u = np.meshgrid(np.arange(height - 1), np.arange(width - 1), indexing="ij")
   top_left = (v * width + u).ravel()
   top_right = top_left + 1

@@ -1,5 +1,5 @@
-"""PyTorch networks written from METHOD 7 (in tfsym3d.bench.torch_reference,
-shared with the benchmarks' speed anchors) and METHOD 2's post-processing,
+"""PyTorch networks written from docs/method.md §7 (in tfsym3d.bench.torch_reference,
+shared with the benchmarks' speed anchors) and docs/method.md §2's post-processing,
 for the converter's parity tests."""
 
 import math
@@ -22,7 +22,7 @@ def checkpoint(nets, epoch=30):
 
 
 def decompose(nets, images, cfg):
-  """METHOD 2 on NCHW images in [-1, 1]: (depth [B,H,W], albedo [B,3,H,W],
+  """docs/method.md §2 on NCHW images in [-1, 1]: (depth [B,H,W], albedo [B,3,H,W],
   light [B,4] (ambient, diffuse, lx, ly), direction [B,3], view [B,6])."""
   raw = nets["netD"](images)[:, 0]
   raw = raw - raw.mean(dim=(1, 2), keepdim=True)

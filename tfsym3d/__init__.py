@@ -5,11 +5,9 @@ import os as _os
 __version__ = "0.1.0"
 
 # TensorFlow's oneDNN (MKL) CPU kernels are on by default only on x86 CPUs
-# with AVX-512; on AVX2 CPUs like ours it falls back to Eigen. oneDNN's
-# convolutions train the reference model 1.34x faster there (2.57 vs 1.92
-# images/s) and our renderer's forward + backward is about 1.15x faster
-# (208-219 vs 247 ms; README, Performance). TensorFlow reads the variable when it is first imported, so it
-# is set here, before any of our modules imports TensorFlow; an explicit
+# with AVX-512; on AVX2 CPUs it falls back to Eigen, whose convolutions are
+# the slower ones there (docs/performance.md). TensorFlow reads the variable
+# when it is first imported, so it is set here, before any of our modules imports TensorFlow; an explicit
 # TF_ENABLE_ONEDNN_OPTS=0 (or =1) from the user always wins. GPUs ignore it.
 _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 

@@ -1,4 +1,4 @@
-"""The model's constants (METHOD.md sections 1-7) as one frozen dataclass.
+"""The model's constants (docs/method.md §1-7) as one frozen dataclass.
 
 `ModelConfig()` is the reference implementation's setting for faces; flags
 (`tfsym3d.flags`) build one from the command line. Nothing in the model reads
@@ -39,7 +39,7 @@ class ModelConfig:
   nf_conf: int = 64
   zdim_conf: int = 128
   use_conf_map: bool = True
-  # Loss weights (METHOD section 6).
+  # Loss weights (docs/method.md §6).
   lam_perc: float = 1.0
   lam_flip: float = 0.5
   lam_depth_sm: float = 0.0
@@ -48,9 +48,9 @@ class ModelConfig:
   vgg_weights: str = "imagenet"
   # 'caffe' for Keras' ImageNet weights (BGR, mean pixel subtracted: what they
   # were trained with); 'torch' for weights converted from torchvision, with
-  # METHOD 6's mean/std normalisation.
+  # docs/method.md §6's mean/std normalisation.
   vgg_input: str = "caffe"
-  # Optimiser (METHOD 6): Adam with classic L2 weight decay on the gradient.
+  # Optimiser (docs/method.md §6): Adam with classic L2 weight decay on the gradient.
   learning_rate: float = 1e-4
   weight_decay: float = 5e-4
   rasterizer: str = "tf"          # 'tf' (pure TensorFlow) or 'tfg'
@@ -73,12 +73,12 @@ class ModelConfig:
 
   @property
   def border_depth(self) -> float:
-    """Depth written into the 2 leftmost and rightmost columns (METHOD 2)."""
+    """Depth written into the 2 leftmost and rightmost columns (docs/method.md §2)."""
     return 0.7 * self.max_depth + 0.3 * self.min_depth
 
   @property
   def depth_margin(self) -> float:
-    """m in METHOD 5: reconstructed depth is clamped to [min - m, max + m]."""
+    """m in docs/method.md §5: reconstructed depth is clamped to [min - m, max + m]."""
     return (self.max_depth - self.min_depth) / 2
 
   def replace(self, **changes) -> "ModelConfig":

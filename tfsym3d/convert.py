@@ -20,7 +20,7 @@ a reference checkpoint and comes from the model flags (defaults: faces).
       --out=vgg16_torchvision.weights.h5
 
 writes torchvision's ImageNet VGG16 (the perceptual network of the reference,
-METHOD 6) as the Keras weights file of keras.applications.VGG16(include_top=
+docs/method.md §6) as the Keras weights file of keras.applications.VGG16(include_top=
 False), for `--vgg_weights=vgg16_torchvision.weights.h5 --vgg_input=torch`.
 
 Loading uses `torch.load(..., weights_only=True)`, which unpickles tensors

@@ -1,4 +1,4 @@
-"""Evaluation against ground-truth depth (METHOD 8):
+"""Evaluation against ground-truth depth (docs/method.md §8):
 `python -m tfsym3d.evaluate --checkpoint RUN_DIR [--dataset paired --data_dir DIR] [--json]`.
 
 For every image of the split: SIDE (x 1e-2) and MAD (degrees) of the
@@ -47,7 +47,7 @@ from tfsym3d.model import Decomposition
 
 FLAGS = flags.FLAGS
 
-# The rotation axes of a view [6] (METHOD 5: R = Rz Ry Rx), by their names.
+# The rotation axes of a view [6] (docs/method.md §5: R = Rz Ry Rx), by their names.
 AXES = (("pitch", 0), ("yaw", 1), ("roll", 2))
 NO_POSE = ("no ground-truth viewpoint: --dataset={dataset} files hold image and "
            "depth only; the viewpoint analysis needs --dataset=synfaces, whose "

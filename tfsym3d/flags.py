@@ -46,8 +46,8 @@ _MODEL_HELP = {
     "weight_decay": "Classic L2 weight decay added to every gradient.",
     "rasterizer": ("Rasterizer backend: 'tf' (pure TensorFlow, any device) or 'tfg' "
                    "(tensorflow-graphics' CPU kernel, compiled on first use)."),
-    "renderer_xla": ("Compile the 'tf' renderer's stages with XLA: 3-6x faster "
-                     "on CPU after a compile of about 20 s per process (cached "
+    "renderer_xla": ("Compile the 'tf' renderer's stages with XLA: faster "
+                     "steps after a one-off compile per shape and process (cached "
                      "across processes by TF_XLA_FLAGS=--tf_xla_persistent_cache_"
                      "directory=DIR). Off: plain TensorFlow ops, no compile; for "
                      "runs of a few steps (configs/tiny.cfg)."),
@@ -92,7 +92,7 @@ flags.DEFINE_enum("dataset", "synfaces", ["synfaces", "folder", "paired", "recor
                   "Training data: 'synfaces' (built-in generator, streamed, with "
                   "ground truth), 'folder' (<data_dir>/{train,val,test}/** images, "
                   "e.g. CelebA from `tfsym3d.data.prepare celeba`) or 'paired' "
-                  "(<data_dir>/<split>/image|depth, METHOD 8, with ground truth) or "
+                  "(<data_dir>/<split>/image|depth, docs/method.md §8, with ground truth) or "
                   "'records' (<data_dir>/<split>/shard-*.tfrecord from `prepare "
                   "--format=records`; multi-worker runs split it by shard file).")
 flags.DEFINE_string("data_dir", None, "Dataset root for --dataset=folder, paired "

@@ -1,4 +1,4 @@
-"""Camera, projection, rotations, rigid transforms and normals (METHOD 1, 4, 5).
+"""Camera, projection, rotations, rigid transforms and normals (docs/method.md §1, §4, §5).
 
 Conventions: pixel (u, v) is column u (x, right) and row v (y, down); pixel
 centres sit at integer coordinates 0 .. S-1. Camera space is x right, y down,
@@ -30,7 +30,7 @@ class Camera:
 
   @classmethod
   def from_fov(cls, image_size: int, fov_degrees: float, znear=0.1, zfar=10.0):
-    """The camera of METHOD 1: fx = (S - 1) / 2 / tan(fov / 2), cx = (S - 1) / 2."""
+    """The camera of docs/method.md §1: fx = (S - 1) / 2 / tan(fov / 2), cx = (S - 1) / 2."""
     focal = (image_size - 1) / 2 / math.tan(math.radians(fov_degrees) / 2)
     return cls(image_size, focal, (image_size - 1) / 2, znear, zfar)
 
@@ -84,7 +84,7 @@ def pixels_to_grid(uv, image_size: int) -> tf.Tensor:
 
 
 def euler_rotation(angles) -> tf.Tensor:
-  """R = Rz(rz) Ry(ry) Rx(rx) (METHOD 5).
+  """R = Rz(rz) Ry(ry) Rx(rx) (docs/method.md §5).
 
   Args:
     angles: [B, 3] (rx, ry, rz) in radians.
@@ -146,7 +146,7 @@ def inverse_rigid_transform(points, view, rot_center_depth: float = 1.0):
 
 
 def normals_from_points(points) -> tf.Tensor:
-  """Unit normals of a grid of points (METHOD 4).
+  """Unit normals of a grid of points (docs/method.md §4).
 
   For interior pixels t_u = P[v, u+1] - P[v, u-1], t_v = P[v+1, u] - P[v-1, u]
   and n = normalize(t_u x t_v) (eps 1e-7 in the norm); the one-pixel border
@@ -170,5 +170,5 @@ def normals_from_points(points) -> tf.Tensor:
 
 
 def normals_from_depth(depth, camera: Camera) -> tf.Tensor:
-  """Normals of a depth map [B, H, W] -> [B, H, W, 3] (METHOD 4)."""
+  """Normals of a depth map [B, H, W] -> [B, H, W, 3] (docs/method.md §4)."""
   return normals_from_points(unproject(depth, camera))

@@ -1,4 +1,4 @@
-"""The training losses of METHOD 6: photometric, perceptual, depth smoothness.
+"""The training losses of docs/method.md §6: photometric, perceptual, depth smoothness.
 
 All images are NHWC in [-1, 1]; masks are [B, H, W] in [0, 1] and are treated
 as constants by the callers (no gradient flows through them here either way).
@@ -56,7 +56,7 @@ def _masked_mean(loss, mask):
 
 
 def photometric_loss(recon, target, mask=None, sigma=None):
-  """Confidence-weighted L1 loss (METHOD 6).
+  """Confidence-weighted L1 loss (docs/method.md §6).
 
   Per pixel and channel `l = |R - I| * sqrt(2) / (sigma + eps) +
   log(sigma + eps)`, or `|R - I|` without sigma; returns `sum(l * m) / sum(m)`
@@ -77,7 +77,7 @@ def photometric_loss(recon, target, mask=None, sigma=None):
 
 
 def depth_smoothness(depth, min_depth, max_depth):
-  """Mean |difference| of neighbouring depths along x plus along y (METHOD 6).
+  """Mean |difference| of neighbouring depths along x plus along y (docs/method.md §6).
 
   Args:
     depth: [B, H, W] canonical depth.
@@ -138,7 +138,7 @@ def _kernels(model):
 
 
 class PerceptualLoss:
-  """Confidence-weighted VGG16 relu3_3 feature loss (METHOD 6), frozen.
+  """Confidence-weighted VGG16 relu3_3 feature loss (docs/method.md §6), frozen.
 
   Args:
     weights: 'imagenet' (Keras' own download), 'none' / None (term off: the
@@ -172,13 +172,13 @@ class PerceptualLoss:
     """[B, H, W, 3] RGB in [-1, 1] -> VGG16 input for `input_mode`."""
     images = tf.convert_to_tensor(images, tf.float32)
     if self.input_mode == "torch":
-      # METHOD 6 / the reference: torchvision's VGG expects RGB in [0, 1]
+      # docs/method.md §6 / the reference: torchvision's VGG expects RGB in [0, 1]
       # normalised by the ImageNet mean and std.
       return (images / 2 + 0.5 - _TORCH_MEAN) / _TORCH_STD
     # Keras' ImageNet VGG16 weights were converted from the original Caffe
     # model, trained on BGR 0..255 images minus the mean pixel; feeding them
     # torch-normalised input would give wrong features. This differs from
-    # METHOD 6 only because the weights differ.
+    # docs/method.md §6 only because the weights differ.
     bgr = (images[..., ::-1] + 1) * 127.5
     return bgr - _CAFFE_MEAN_BGR
 
@@ -210,7 +210,7 @@ class PerceptualLoss:
 
 
 def feature_loss(f_recon, f_target, mask=None, sigma=None):
-  """The perceptual loss given features already computed (METHOD 6).
+  """The perceptual loss given features already computed (docs/method.md §6).
 
   Args:
     f_recon, f_target: [B, h, w, C] features of R and I.

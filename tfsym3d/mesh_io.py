@@ -1,6 +1,6 @@
 """Textured meshes of canonical depth maps, as OBJ (+MTL+PNG) and binary glTF.
 
-Orientation (METHOD 9): the model's camera space is x right, y down, z
+Orientation (docs/method.md §9): the model's camera space is x right, y down, z
 forward (away from the viewer). glTF 2.0 specifies y up with the front of
 an asset facing +z, and common viewers open OBJ files the same way (the
 viewer looking down -z). Every vertex P = (x, y, z) is written as
@@ -59,7 +59,7 @@ def mesh_from_depth(depth, texture, camera: geometry.Camera,
   batch = tf.constant(depth[None])
   points = mesh.depth_to_vertices(batch, camera)[0].numpy()
   # The model's normals face away from the camera (+z for a plane facing it,
-  # METHOD 4); the surface's outward normal is their opposite.
+  # docs/method.md §4); the surface's outward normal is their opposite.
   normals = -geometry.normals_from_depth(batch, camera)[0].numpy().reshape(-1, 3)
   flip = np.array([1.0, -1.0, -1.0], np.float32)
   vertices = points * flip + np.array([0.0, 0.0, rot_center_depth], np.float32)

@@ -1,4 +1,4 @@
-"""Depth metrics against ground truth (METHOD 8): masks, SIDE and MAD, and
+"""Depth metrics against ground truth (docs/method.md §8): masks, SIDE and MAD, and
 the diagnosis of `tfsym3d.evaluate --diagnose`.
 
 Pure functions of batched depth maps; `tfsym3d.evaluate` runs them over a
@@ -14,7 +14,7 @@ from tfsym3d import geometry
 
 
 def erode(mask):
-  """METHOD 8's erosion: 3x3 mean (zero padded) > 0.99.
+  """docs/method.md §8's erosion: 3x3 mean (zero padded) > 0.99.
 
   Args:
     mask: [B, H, W] in {0, 1}.
@@ -28,7 +28,7 @@ def erode(mask):
 
 
 def foreground_mask(depth_gt):
-  """[B, H, W] -> eroded foreground `d_gt < max(d_gt)` per image (METHOD 8)."""
+  """[B, H, W] -> eroded foreground `d_gt < max(d_gt)` per image (docs/method.md §8)."""
   far = tf.reduce_max(depth_gt, axis=[1, 2], keepdims=True)
   return erode(tf.cast(depth_gt < far, tf.float32))
 
@@ -50,7 +50,7 @@ def evaluation_mask(depth_gt, recon_valid=None):
 
 
 def side(depth, depth_gt, mask):
-  """Scale-invariant depth error per image (METHOD 8), not yet x 1e-2.
+  """Scale-invariant depth error per image (docs/method.md §8), not yet x 1e-2.
 
   With e = log(depth) - log(depth_gt) on the mask: sqrt(mean((e - mean e)^2)).
 
@@ -70,9 +70,9 @@ def side(depth, depth_gt, mask):
 def mad(depth, depth_gt, mask, camera: geometry.Camera):
   """Mean angle deviation between the normals of two depth maps, degrees.
 
-  Normals follow METHOD 4 (`geometry.normals_from_depth`) for both maps.
-  The angle is that between their directions, atan2(|n x m|, n . m): METHOD
-  4's normals are a little shorter than unit (the 1e-7 in their norm is not
+  Normals follow docs/method.md §4 (`geometry.normals_from_depth`) for both maps.
+  The angle is that between their directions, atan2(|n x m|, n . m): docs/method.md
+  §4's normals are a little shorter than unit (the 1e-7 in their norm is not
   small next to |t_u x t_v| ~ 1e-4 at these focal lengths), so acos(n . m)
   would add a bias of several degrees even for identical shapes.
 

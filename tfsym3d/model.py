@@ -1,4 +1,4 @@
-"""The photo-geometric autoencoder (METHOD 2-6) as one Keras model.
+"""The photo-geometric autoencoder (docs/method.md §2-6) as one Keras model.
 
 `Unsup3D.factors(images)` returns the canonical factors (`CanonicalFactors`:
 depth, albedo, light, view, confidence); `Unsup3D(config)(images)` returns a
@@ -103,24 +103,24 @@ class Decomposition:
 
 
 def flip(maps):
-  """Mirrors maps left-right: [B, H, W, ...] along W (METHOD 3)."""
+  """Mirrors maps left-right: [B, H, W, ...] along W (docs/method.md §3)."""
   return tf.reverse(maps, axis=[2])
 
 
 def _rescale(t, low, high):
-  """[-1, 1] -> [low, high] as METHOD 2 writes it."""
+  """[-1, 1] -> [low, high] as docs/method.md §2 writes it."""
   return (1 + t) / 2 * high + (1 - t) / 2 * low
 
 
 def light_direction(light):
-  """Unit light directions [B, 3] normalize([lx, ly, 1]) of lights [B, 4] (METHOD 2)."""
+  """Unit light directions [B, 3] normalize([lx, ly, 1]) of lights [B, 4] (docs/method.md §2)."""
   light = tf.convert_to_tensor(light)
   direction = tf.concat([light[:, 2:4], tf.ones_like(light[:, :1])], axis=1)
   return direction / tf.norm(direction, axis=1, keepdims=True)
 
 
 def shade(depth, albedo, light, direction, camera: geometry.Camera):
-  """The canonical image of METHOD 4, as a pure function of the factors.
+  """The canonical image of docs/method.md §4, as a pure function of the factors.
 
   Args:
     depth: [B, S, S] canonical depth; albedo: [B, S, S, 3] in [-1, 1].
@@ -302,13 +302,13 @@ class Unsup3D(keras.Model):
     return self._view_head(self.net_view(images) if raw is None else raw)
 
   def shade(self, depth, albedo, light, direction):
-    """Normals, diffuse shading, shading and canonical image (METHOD 4)."""
+    """Normals, diffuse shading, shading and canonical image (docs/method.md §4)."""
     return shade(depth, albedo, light, direction, self.renderer.camera)
 
   # -- forward -------------------------------------------------------------
 
   def call(self, images, training=False) -> Decomposition:
-    """Decomposes images [B, S, S, 3] in [-1, 1] (METHOD 2-5)."""
+    """Decomposes images [B, S, S, 3] in [-1, 1] (docs/method.md §2-5)."""
     images = tf.convert_to_tensor(images, tf.float32)
     batch = tf.shape(images)[0]
     factors = self.factors(images)
@@ -316,7 +316,7 @@ class Unsup3D(keras.Model):
                                              factors.light_direction, factors.view)
 
     # Both halves at once: predicted factors and their mirror images share
-    # the light and the viewpoint (METHOD 3).
+    # the light and the viewpoint (docs/method.md §3).
     depth2 = tf.concat([depth, flip(depth)], 0)
     albedo2 = tf.concat([albedo, flip(albedo)], 0)
     light2, direction2 = tf.tile(light, [2, 1]), tf.tile(direction, [2, 1])
@@ -349,7 +349,7 @@ class Unsup3D(keras.Model):
   # -- losses and training -------------------------------------------------
 
   def compute_losses(self, images, out: Decomposition) -> Dict[str, tf.Tensor]:
-    """Every loss term of METHOD 6 and the total, by name."""
+    """Every loss term of docs/method.md §6 and the total, by name."""
     with tf.name_scope("losses"):   # names the ops in profiles
       return self._compute_losses(images, out)
 

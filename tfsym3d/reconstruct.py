@@ -6,7 +6,7 @@ is read first unless --flagfile is given, as for evaluation), an exported SavedM
 directory or a .tflite file (see `tfsym3d.predictors`). The model gives the
 canonical depth, albedo, light and viewpoint of each image; everything else
 is computed here from those four with the model's own math (normals and
-shading of METHOD 4, the yaw animation of METHOD 9), so every model form
+shading of docs/method.md §4, the yaw animation of docs/method.md §9), so every model form
 gives the same pictures.
 
 Per input image, in `<output>/<name>/`:
@@ -72,8 +72,8 @@ flags.DEFINE_bool("crop_faces", False, "Crop a square around the best face found
 flags.DEFINE_float("face_margin", 0.4, "--crop_faces: margin around the face box, "
                    "as a fraction of its side, on each side.")
 flags.DEFINE_list("light_directions", ["-1:0", "1:0", "0:-1", "0:1", "0:0"],
-                  "Relighting: lx:ly pairs in the model's light convention (METHOD "
-                  "2, as the `light` in factors.json): direction normalize([lx, ly, "
+                  "Relighting: lx:ly pairs in the model's light convention (docs/method.md "
+                  "§2, as the `light` in factors.json): direction normalize([lx, ly, "
                   "1]). -1:0 lights the image's right side, 1:0 its left, 0:-1 "
                   "the bottom, 0:1 the top, 0:0 comes from the camera.")
 flags.DEFINE_integer("gif_frames", 15, "Frames of each yaw animation (-90 to +90 degrees).")

@@ -372,7 +372,7 @@ def _tf_config() -> Dict:
         "--strategy=multi_worker needs the TF_CONFIG environment variable, e.g. "
         'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
         '"task": {"type": "worker", "index": 0}}\' on the first machine and '
-        '"index": 1 on the second (see README.md, multi-node training)')
+        '"index": 1 on the second (see docs/training.md, several machines)')
   try:
     spec = json.loads(text)
     workers = spec["cluster"]["worker"]

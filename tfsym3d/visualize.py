@@ -27,7 +27,7 @@ def unit_to_uint8(images) -> np.ndarray:
 
 
 def depth_to_rgb(depth, min_depth: float, max_depth: float) -> np.ndarray:
-  """[..., H, W] depth -> uint8 [..., H, W, 3] grey, near = white (METHOD 8)."""
+  """[..., H, W] depth -> uint8 [..., H, W, 3] grey, near = white (docs/method.md §8)."""
   g = (max_depth - np.asarray(depth, np.float32)) / (max_depth - min_depth)
   return np.repeat(unit_to_uint8(g)[..., None], 3, axis=-1)
 
@@ -207,7 +207,7 @@ def overview(named: Dict[str, np.ndarray], max_images: int = 8) -> np.ndarray:
 
 
 def yaw_frames(renderer, out, num_frames: int = 9) -> Dict[str, np.ndarray]:
-  """The yaw animation of METHOD 9: uint8 [F, B, S, S, 3] per style.
+  """The yaw animation of docs/method.md §9: uint8 [F, B, S, S, 3] per style.
 
   Styles: 'textured' (canonical image), 'normal' (normal colours), 'shape'
   (textureless, lit from the camera).

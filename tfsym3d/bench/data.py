@@ -28,7 +28,7 @@ from tfsym3d.bench import machine
 DEFAULTS = {"batch_size": 64, "warmup": 1, "repeats": 3}
 
 # CelebA's aligned image size (width, height) and the paired layout's default
-# centre crop (METHOD 8; the reference's synthetic faces are 256 x 256).
+# centre crop (docs/method.md §8; the reference's synthetic faces are 256 x 256).
 _FOLDER_WH = (178, 218)
 _PAIRED_WH = (256, 256)
 _PAIRED_CROP = 170
@@ -54,7 +54,7 @@ def write_image_folder(directory: str, num: int, seed: int = 0,
 
 
 def write_pairs(directory: str, num: int, seed: int = 0, progress: bool = True) -> None:
-  """Writes `num` pairs in METHOD 8's layout under `directory` (a split).
+  """Writes `num` pairs in docs/method.md §8's layout under `directory` (a split).
 
   `image/<name>_image.png`: random smooth 256 x 256 RGB; `depth/<name>_depth.png`:
   random smooth 8-bit grey of the same size.
@@ -105,7 +105,7 @@ def data_benchmark(num_images: int = 2000, num_pairs: int = 1000, num_synthetic:
   * folder: `image_folder_dataset` (training: shuffle and flip, no crop) over
     `num_images` random smooth 178 x 218 JPEGs (CelebA's size, quality 90).
   * paired: `paired_dataset` (training, centre crop 170) over `num_pairs`
-    random smooth 256 x 256 RGB PNGs with 8-bit grey depth PNGs (METHOD 8).
+    random smooth 256 x 256 RGB PNGs with 8-bit grey depth PNGs (docs/method.md §8).
   * synthetic: `SynFaces.sample` called `num_synthetic` times, and the same
     samples through `SynFaces.tf_dataset`.
 

@@ -1,9 +1,9 @@
-"""tf.data pipelines over image folders and image/depth pairs (METHOD 1, 6, 8).
+"""tf.data pipelines over image folders and image/depth pairs (docs/method.md §1, §6, §8).
 
 Two layouts:
   * `image_folder_dataset`: every image under `<root>/<split>/` (any nesting),
     e.g. CelebA or cats. Yields image batches [B, S, S, 3] in [-1, 1].
-  * `paired_dataset`: the synthetic-face layout of METHOD 8,
+  * `paired_dataset`: the synthetic-face layout of docs/method.md §8,
     `<root>/<split>/image/<name>_image.png` with
     `<root>/<split>/depth/<name>_depth.png`. Yields (image [B, S, S, 3] in
     [-1, 1], depth [B, S, S] in model units).
@@ -93,7 +93,7 @@ def list_images(root, split) -> List[str]:
 
 
 def list_pairs(root, split) -> List[Tuple[str, str]]:
-  """(image, depth) paths of the METHOD 8 layout, sorted by image path.
+  """(image, depth) paths of the docs/method.md §8 layout, sorted by image path.
 
   `<root>/<split>/image/<rel>_image.<ext>` pairs with
   `<root>/<split>/depth/<rel>_depth.<ext>` (`<rel>` may contain folders; the
@@ -106,7 +106,7 @@ def list_pairs(root, split) -> List[Tuple[str, str]]:
       (e.g. temporary files) are skipped with a warning.
   """
   d = _split_dir(root, split)
-  layout = (f"the paired layout (METHOD 8) is {d}/image/<name>_image.png with "
+  layout = (f"the paired layout (docs/method.md §8) is {d}/image/<name>_image.png with "
             f"{d}/depth/<name>_depth.png")
   image_dir, depth_dir = d / "image", d / "depth"
   for sub in (image_dir, depth_dir):
@@ -602,7 +602,7 @@ def image_folder_dataset(root, split, image_size: int = 64,
                          jpeg_draft: bool = True,
                          first_epoch: Optional[int] = None,
                          skip_batches: int = 0) -> tf.data.Dataset:
-  """Batches of images from `<root>/<split>/**` (METHOD 1 and 6).
+  """Batches of images from `<root>/<split>/**` (docs/method.md §1 and §6).
 
   Each image: decoded to RGB, optionally cropped, resized to S x S (bilinear,
   antialiased when shrinking), scaled to [-1, 1] by x / 255 * 2 - 1. When
@@ -696,7 +696,7 @@ def paired_dataset(root, split, image_size: int = 64, batch_size: int = 64,
                    progress: Optional[bool] = None,
                    first_epoch: Optional[int] = None,
                    skip_batches: int = 0) -> tf.data.Dataset:
-  """Batches of (image, ground-truth depth) in the METHOD 8 layout.
+  """Batches of (image, ground-truth depth) in the docs/method.md §8 layout.
 
   The image is processed as in `image_folder_dataset`. The depth PNG (8- or
   16-bit grey, or RGB whose first channel is used) gives g = value / dtype
@@ -712,7 +712,7 @@ def paired_dataset(root, split, image_size: int = 64, batch_size: int = 64,
     scan_cache, progress, first_epoch, skip_batches: as in
       `image_folder_dataset` (training defaults to False: this layout is
       mostly used for evaluation).
-    min_depth, max_depth: the model's depth range (METHOD 2).
+    min_depth, max_depth: the model's depth range (docs/method.md §2).
 
   Returns:
     A dataset of (float32 [B, S, S, 3], float32 [B, S, S]).

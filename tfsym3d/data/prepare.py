@@ -4,7 +4,7 @@
   python -m tfsym3d.data.prepare synfaces --preview docs/synfaces_samples.png
   python -m tfsym3d.data.prepare celeba --src CELEBA_ROOT --out DIR [--image_size 64]
 
-`synfaces` writes METHOD 8's paired layout (<out>/<split>/image/*_image.png,
+`synfaces` writes docs/method.md §8's paired layout (<out>/<split>/image/*_image.png,
 <out>/<split>/depth/*_depth.png) for train/val/test, splitting --num by
 --split_fractions. Pairs already on disk are skipped, so re-running resumes.
 
@@ -123,7 +123,7 @@ class SplitSink:
 
 
 class FolderSink(SplitSink):
-  """<out>/<split>/<name>.<fmt>, or METHOD 8's image/ and depth/ pairs when
+  """<out>/<split>/<name>.<fmt>, or docs/method.md §8's image/ and depth/ pairs when
   the items have depth; each file written atomically."""
 
   def __init__(self, out, split, names, has_depth=False, image_format="jpg"):

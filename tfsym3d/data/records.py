@@ -8,7 +8,7 @@ Layout of a records dataset (one folder per split):
 
 Each record is a `tf.train.Example` with `image` (the encoded PNG or JPEG
 bytes), `name` (where the image came from) and, for ground-truth sets,
-`depth` (a 16-bit PNG in METHOD 8's encoding, see `docs/method.md §8`).
+`depth` (a 16-bit PNG in docs/method.md §8's encoding, see `docs/method.md §8`).
 Shard k holds the split's items k * shard_size .. (k + 1) * shard_size - 1;
 a shard is written under a temporary name and renamed when complete, and the
 index is rewritten after every shard, so an interrupted writer resumes at the

@@ -1,25 +1,25 @@
 """Synfaces: a procedural, deformable, probably-symmetric face-like category.
 
-Every sample is built in the canonical (frontal) view of METHOD 1 and then
+Every sample is built in the canonical (frontal) view of docs/method.md §1 and then
 posed and rendered into an input view with a NumPy z-buffer that shares no
 code with the model's renderer (so a bug in one cannot hide in the other):
 
-- canonical depth [S, S] (depth range of METHOD 2, [0.9, 1.1]): a head-like
+- canonical depth [S, S] (depth range of docs/method.md §2, [0.9, 1.1]): a head-like
   ellipsoid bulging toward the camera, mirrored features (nose, brows, eye
   sockets, cheeks, chin, lips) of random size and position, plus one small
   bump on a random side; background at `FAR_DEPTH` (1.1);
 - canonical albedo [S, S, 3] in [-1, 1]: mirrored skin, lips, brows, eyes,
   cheeks and hair, plus a mole and freckles on one random side;
 - light (a, b, lx, ly): Lambertian shading a + b max(0, <n, l>) with
-  l = normalize([lx, ly, 1]) and the normals of METHOD 4, in the canonical
+  l = normalize([lx, ly, 1]) and the normals of docs/method.md §4, in the canonical
   frame (as the model shades);
-- view (rx, ry, rz radians, tx, ty, tz): the rigid transform of METHOD 5
+- view (rx, ry, rz radians, tx, ty, tz): the rigid transform of docs/method.md §5
   about (0, 0, 1), R = Rz Ry Rx.
 
 The input-view image is the shaded canonical image resampled through the
 rendered depth, over a random background (colour gradient plus noise);
 the input-view depth holds `FAR_DEPTH` wherever the object is absent, so it
-is the map's maximum and METHOD 8's foreground `d_gt < max(d_gt)` is exact.
+is the map's maximum and docs/method.md §8's foreground `d_gt < max(d_gt)` is exact.
 
 Sample i depends only on (seed, i). Splits use disjoint index ranges
 (`SPLIT_OFFSETS`).
@@ -30,13 +30,13 @@ import os
 
 import numpy as np
 
-MIN_DEPTH, MAX_DEPTH = 0.9, 1.1   # METHOD 2
+MIN_DEPTH, MAX_DEPTH = 0.9, 1.1   # docs/method.md §2
 FAR_DEPTH = MAX_DEPTH             # background, canonical and input view
-# Visible object depth stays strictly below the background so that METHOD 8's
+# Visible object depth stays strictly below the background so that docs/method.md §8's
 # mask `d_gt < max(d_gt)` keeps all of it (even after 16-bit quantisation).
 FG_MAX_DEPTH = MAX_DEPTH - 1e-3
-ROT_CENTER_DEPTH = 1.0            # METHOD 5
-FOV = 10.0                        # METHOD 1
+ROT_CENTER_DEPTH = 1.0            # docs/method.md §5
+FOV = 10.0                        # docs/method.md §1
 SPLIT_OFFSETS = {"train": 0, "val": 100_000_000, "test": 200_000_000}
 _DEPTH_PNG_MAX = 65535            # 16-bit depth PNGs
 _RIM_R2 = 0.8                     # head = inside this (x/ax)^2 + (y/ay)^2
@@ -45,12 +45,12 @@ _RIM_R2 = 0.8                     # head = inside this (x/ax)^2 + (y/ay)^2
 # ---------------------------------------------------------------- camera ----
 
 def focal_length(image_size: int, fov: float = FOV) -> float:
-  """fx = fy = (S - 1) / 2 / tan(fov / 2) (METHOD 1)."""
+  """fx = fy = (S - 1) / 2 / tan(fov / 2) (docs/method.md §1)."""
   return (image_size - 1) / 2 / math.tan(math.radians(fov) / 2)
 
 
 def rotation_matrix(rx: float, ry: float, rz: float) -> np.ndarray:
-  """R = Rz Ry Rx (METHOD 5), angles in radians -> [3, 3] float64."""
+  """R = Rz Ry Rx (docs/method.md §5), angles in radians -> [3, 3] float64."""
   cx, sx, cy, sy, cz, sz = (math.cos(rx), math.sin(rx), math.cos(ry),
                             math.sin(ry), math.cos(rz), math.sin(rz))
   rot_x = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
@@ -79,7 +79,7 @@ def unproject_np(depth: np.ndarray, focal: float) -> np.ndarray:
 
 
 def normal_planes(depth: np.ndarray, focal: float):
-  """Unit normals of METHOD 4 as three [H, W] planes (nx, ny, nz).
+  """Unit normals of docs/method.md §4 as three [H, W] planes (nx, ny, nz).
 
   For interior pixels n = normalize(t_u x t_v) (eps 1e-7 in the norm) with
   central differences of the unprojected points; the border gets (0, 0, 1).
@@ -103,14 +103,14 @@ def normal_planes(depth: np.ndarray, focal: float):
 
 
 def normals_np(depth: np.ndarray, focal: float) -> np.ndarray:
-  """Unit normals of METHOD 4: depth [H, W] -> [H, W, 3]; border (0, 0, 1)."""
+  """Unit normals of docs/method.md §4: depth [H, W] -> [H, W, 3]; border (0, 0, 1)."""
   return np.stack(normal_planes(depth, focal), axis=-1)
 
 
 # ------------------------------------------------------------ rasterizer ----
 
 def _grid_triangles(size: int) -> np.ndarray:
-  """[2 (S-1)^2, 3] vertex ids of METHOD 5's grid mesh (id = v * S + u)."""
+  """[2 (S-1)^2, 3] vertex ids of docs/method.md §5's grid mesh (id = v * S + u)."""
   v, u = np.meshgrid(np.arange(size - 1), np.arange(size - 1), indexing="ij")
   a = (v * size + u).ravel()            # (v, u)
   b = a + size                          # (v+1, u)
@@ -130,7 +130,7 @@ def grid_triangles(size: int) -> np.ndarray:
 
 
 def pose_points(points: np.ndarray, view) -> np.ndarray:
-  """P' = R (P - c) + c + t about c = (0, 0, 1) (METHOD 5); points [..., 3]."""
+  """P' = R (P - c) + c + t about c = (0, 0, 1) (docs/method.md §5); points [..., 3]."""
   rot = rotation_matrix(*view[:3])
   centre = np.array([0.0, 0.0, ROT_CENTER_DEPTH])
   # One product and one shift: P' = P R^T + (c - R c + t).
@@ -192,7 +192,7 @@ def render_depth(canon_depth: np.ndarray, view, face_mask=None,
                  znear: float = 0.1, zfar: float = 10.0) -> np.ndarray:
   """Z-buffer depth of the posed canonical grid mesh, seen by the camera.
 
-  Triangles are those of METHOD 5 (both sides rendered); a pixel centre is
+  Triangles are those of docs/method.md §5 (both sides rendered); a pixel centre is
   covered by a triangle when its three screen-space barycentrics are >= 0
   (a small tolerance keeps shared edges watertight); the depth there is the
   perspective-correct one (1/z affine in screen space), exact for the planar
@@ -522,7 +522,7 @@ class SynFaces:
                                         self.max_translation]
     background = self._background(rng)
 
-    # Lambertian shading in the canonical frame (METHOD 4).
+    # Lambertian shading in the canonical frame (docs/method.md §4).
     nx, ny, nz = normal_planes(canon_depth, self.focal)
     lx, ly, lz = np.array([light[2], light[3], 1.0]) / math.hypot(light[2], light[3], 1.0)
     cosine = np.maximum(nx * np.float32(lx) + ny * np.float32(ly) + nz * np.float32(lz), 0)
@@ -596,7 +596,7 @@ def split_offset(split: str) -> int:
 # ----------------------------------------------------------------- files ----
 
 def encode_depth(depth: np.ndarray) -> np.ndarray:
-  """Depth [S, S] -> uint16 PNG values for METHOD 8's decoding.
+  """Depth [S, S] -> uint16 PNG values for docs/method.md §8's decoding.
 
   g = (1.1 - d) / 0.2 (white = near) so that
   d = depth_rescale((1 - g) * 2 - 1) = 1.1 - 0.2 g with g = value / 65535.
@@ -607,7 +607,7 @@ def encode_depth(depth: np.ndarray) -> np.ndarray:
 
 
 def depth_from_png_value(g, min_depth: float = MIN_DEPTH, max_depth: float = MAX_DEPTH):
-  """METHOD 8: depth from a depth-PNG value g in [0, 1] (white = near).
+  """docs/method.md §8: depth from a depth-PNG value g in [0, 1] (white = near).
 
   d = depth_rescale((1 - g) * 2 - 1) with depth_rescale mapping [-1, 1] to
   [min_depth, max_depth], i.e. d = (1 - g) * max_depth + g * min_depth
@@ -618,7 +618,7 @@ def depth_from_png_value(g, min_depth: float = MIN_DEPTH, max_depth: float = MAX
 
 
 def decode_depth(values: np.ndarray) -> np.ndarray:
-  """METHOD 8 on 16-bit PNG values: g = value / 65535, then
+  """docs/method.md §8 on 16-bit PNG values: g = value / 65535, then
   `depth_from_png_value(g)`; float32."""
   g = values.astype(np.float64) / _DEPTH_PNG_MAX
   return depth_from_png_value(g).astype(np.float32)
@@ -633,7 +633,7 @@ def _save_atomic(image, path: str):
 
 def write_split(out_dir: str, split: str, num: int, image_size: int = 64,
                 seed: int = 0, progress: bool = True, generator=None) -> int:
-  """Writes METHOD 8's layout for one split; existing pairs are skipped.
+  """Writes docs/method.md §8's layout for one split; existing pairs are skipped.
 
   Files: <out_dir>/<split>/image/<name>_image.png (RGB 8-bit) and
   <out_dir>/<split>/depth/<name>_depth.png (16-bit, `encode_depth`), with

@@ -1,4 +1,4 @@
-"""Triangle meshes of depth maps (METHOD 5)."""
+"""Triangle meshes of depth maps (docs/method.md §5)."""
 
 import functools
 

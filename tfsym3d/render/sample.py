@@ -1,6 +1,6 @@
 """Bilinear image sampling with an align-corners grid and zero padding.
 
-This is the `bilinear_sample(J, grid)` of METHOD 5: the same numbers as
+This is the `bilinear_sample(J, grid)` of docs/method.md §5: the same numbers as
 PyTorch's `grid_sample(mode='bilinear', padding_mode='zeros',
 align_corners=True)`, in NHWC.
 """

@@ -1,4 +1,4 @@
-"""Rasterizer backend on tensorflow-graphics' CPU kernel (METHOD 5).
+"""Rasterizer backend on tensorflow-graphics' CPU kernel (docs/method.md §5).
 
 Visibility (which triangle covers which pixel centre) comes from
 tensorflow-graphics' C++ op `RasterizeTriangles`. The `.so` that the
@@ -243,7 +243,7 @@ def clip_matrix(camera: Camera) -> tf.Tensor:
   The kernel samples pixel (ix, iy) at NDC ((ix + 0.5) / (W / 2) - 1,
   (iy + 0.5) / (H / 2) - 1) and writes it to row iy, column ix. Choosing
   ndc_x = (2 / S) (u + 0.5) - 1 with u = f x / z + c makes column ix the pixel
-  u = ix of METHOD 1 (centres at integers), rows likewise with y down, so no
+  u = ix of docs/method.md §1 (centres at integers), rows likewise with y down, so no
   flip is needed:
     clip_x = (2f/S) x + ((2c+1)/S - 1) z,  clip_y likewise,
     clip_z = (far+near)/(far-near) z - 2 far near / (far-near),  clip_w = z,

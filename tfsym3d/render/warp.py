@@ -1,4 +1,4 @@
-"""The renderer operations of METHOD 5 and the yaw animation of METHOD 9.
+"""The renderer operations of docs/method.md §5 and the yaw animation of docs/method.md §9.
 
 `Renderer` holds what is fixed for a model (camera, mesh connectivity, depth
 range, rasterizer backend); every method is a pure function of its tensors.
@@ -46,7 +46,7 @@ class Renderer:
 
   @property
   def depth_clamp(self):
-    """(low, high) bounds of reconstructed depth (METHOD 5)."""
+    """(low, high) bounds of reconstructed depth (docs/method.md §5)."""
     margin = self.config.depth_margin
     return self.config.min_depth - margin, self.config.max_depth + margin
 
@@ -80,7 +80,7 @@ class Renderer:
     return rasterize_lib.depth_for(screen, self.faces, face_id, self.config.zfar)
 
   def reconstructed_depth(self, canon_depth, view):
-    """Canonical depth seen from the predicted viewpoint, clamped (METHOD 5).
+    """Canonical depth seen from the predicted viewpoint, clamped (docs/method.md §5).
 
     Args:
       canon_depth: [B, S, S] canonical depth.
@@ -101,7 +101,7 @@ class Renderer:
     return tf.clip_by_value(depth, low, high)
 
   def valid_mask(self, recon_depth):
-    """[B, S, S] 1.0 where the reconstruction saw the object (METHOD 5)."""
+    """[B, S, S] 1.0 where the reconstruction saw the object (docs/method.md §5)."""
     return tf.cast(recon_depth < self.depth_clamp[1], recon_depth.dtype)
 
   def _canonical_grid_impl(self, recon_depth, view):
@@ -111,7 +111,7 @@ class Renderer:
     return geometry.pixels_to_grid(uv, self.config.image_size)
 
   def canonical_grid(self, recon_depth, view):
-    """Where each input-view pixel lands in the canonical image (METHOD 5).
+    """Where each input-view pixel lands in the canonical image (docs/method.md §5).
 
     Unprojects the input-view depth, applies the inverse rigid transform and
     projects into the canonical view.
@@ -130,7 +130,7 @@ class Renderer:
   def turntable(self, canon_depth, vertex_colors: Optional[Dict[str, tf.Tensor]] = None,
                 num_frames: int = 9, max_yaw_degrees: float = 90.0, shaded: bool = False,
                 background=1.0, light=(0.0, 0.0, 1.0)) -> Dict[str, tf.Tensor]:
-    """The canonical mesh turning about the y axis (METHOD 9), every style
+    """The canonical mesh turning about the y axis (docs/method.md §9), every style
     from one rasterization per frame.
 
     Args:
@@ -165,7 +165,7 @@ class Renderer:
         depth = interpolate_lib.interpolate(turned[..., 2:3], self.faces, fragments,
                                             background=self.config.zfar)[..., 0]
         normal = geometry.normals_from_depth(depth, self.camera)
-        # Same convention as the model's shading (METHOD 4): normals of a
+        # Same convention as the model's shading (docs/method.md §4): normals of a
         # facing surface and a light from the camera both point along +z.
         shade = tf.maximum(tf.reduce_sum(normal * direction, -1, keepdims=True), 0.0)
         mask = fragments.mask[..., None]

@@ -137,13 +137,25 @@ def face_square(face: np.ndarray, scale: float = 1.0) -> Tuple[float, float, flo
   BlazeFace has no mouth corners, only the mouth centre, which is the
   midpoint `prepare.landmark_box` computes from the corners: the same square.
   """
-  from tfsym3d.data import prepare  # pylint: disable=g-import-not-at-top
+  prepare = _celeba_module()
   points = np.asarray(face[5:17], np.float64).reshape(6, 2)
   eye_a, eye_b, mouth = points[0], points[1], points[3]
   eyes = (eye_a + eye_b) / 2
   centre = (eyes + mouth) / 2
   extent = max(np.linalg.norm(eye_a - eye_b), np.linalg.norm(mouth - eyes), 1.0)
   return centre[0], centre[1], prepare.LANDMARK_SIDE * scale * extent
+
+
+def _celeba_module():
+  """tfsym3d.data.prepare, whose CelebA framing (LANDMARK_SIDE, crop_square)
+  is reused here. Under `python -m tfsym3d.data.prepare` that module is
+  __main__; importing it again by name would define its flags twice."""
+  main = sys.modules.get("__main__")
+  spec = getattr(main, "__spec__", None)
+  if spec is not None and spec.name == "tfsym3d.data.prepare":
+    return main
+  from tfsym3d.data import prepare  # pylint: disable=g-import-not-at-top
+  return prepare
 
 
 def folder_square(width: int, height: int, crop) -> Optional[Tuple[float, float, float, float]]:
@@ -248,7 +260,7 @@ def _candidates(config: PrepareConfig, image: np.ndarray, scale: float, detector
 def _process(config: PrepareConfig, src: pathlib.Path, rel: str, detector,
              kept_hashes: Dict[int, str], content_seen: Dict[str, str]) -> dict:
   """One source: returns its state entry (crops to write are in '_images')."""
-  from tfsym3d.data import prepare  # pylint: disable=g-import-not-at-top
+  prepare = _celeba_module()
   path = src / rel
   entry = {"crops": [], "skipped": [], "split": split_of(rel, config.split_fractions)}
   digest = hashlib.sha256(path.read_bytes()).hexdigest()

@@ -597,6 +597,12 @@ def _own_photos(mode: str):
   from tfsym3d.data import photos  # pylint: disable=g-import-not-at-top
   if not FLAGS.src or not FLAGS.out:
     raise app.UsageError(f"{mode}: set --src PHOTOS and --out DIR")
+  if FLAGS.format != "folder":
+    # Crops are chosen, deduplicated and split as a whole run; writing them
+    # as shards is not wired yet, so refuse rather than write the wrong layout.
+    raise app.UsageError(
+        f"{mode}: --format={FLAGS.format} is not supported yet; prepare with "
+        f"the default --format=folder and train with --dataset=folder")
   config = _photos_config(mode)
   try:
     report = photos.prepare_photos(FLAGS.src, FLAGS.out, config,

@@ -123,7 +123,7 @@ def test_too_few_shards_for_the_workers_says_what_to_do(tmp_path):
   _write(tmp_path, num=12, shard_size=6)
   with pytest.raises(ValueError, match="smaller --shard_size"):
     records.train_stream(str(tmp_path), "train", 8, 6, 0, 2, 0, 0, 3)
-  with pytest.raises(sources.DataNotFoundError, match="--format=records"):
+  with pytest.raises(sources.DataNotFoundError, match="--layout=records"):
     sources.DataSource("records", data_dir=str(tmp_path / "none")).check()
 
 

@@ -94,7 +94,7 @@ flags.DEFINE_enum("dataset", "synfaces", ["synfaces", "folder", "paired", "recor
                   "e.g. CelebA from `tfsym3d.data.prepare celeba`) or 'paired' "
                   "(<data_dir>/<split>/image|depth, docs/method.md §8, with ground truth) or "
                   "'records' (<data_dir>/<split>/shard-*.tfrecord from `prepare "
-                  "--format=records`; multi-worker runs split it by shard file).")
+                  "--layout=records`; multi-worker runs split it by shard file).")
 flags.DEFINE_string("data_dir", None, "Dataset root for --dataset=folder, paired "
                     "or records.")
 flags.DEFINE_string("crop", None, "Crop before resizing: none (empty), an int c (centre "

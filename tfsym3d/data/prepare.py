@@ -19,7 +19,7 @@ also found directly under --src and in the Kaggle mirror's layout. Finished
 outputs are skipped, so re-running resumes; unreadable sources are warned
 about and skipped. --num, --seed and --split_fractions do not apply.
 
---format=records writes each split instead as shards of --shard_size
+--layout=records writes each split instead as shards of --shard_size
 TFRecords with an index (`tfsym3d.data.records`; train with
 --dataset=records), resuming at the first unfinished shard. `celeba` and
 `synfaces` write through a `SplitSink` (`open_sink`).
@@ -71,11 +71,11 @@ flags.DEFINE_float("celeba_scale", 1.0,
 flags.DEFINE_enum("celeba_format", "jpg", ["jpg", "png"],
                   "celeba: output format (jpg at quality 95, or lossless png).")
 
-flags.DEFINE_enum("format", "folder", ["folder", "records"],
+flags.DEFINE_enum("layout", "folder", ["folder", "records"],
                   "What prepare writes per split: image files (folder) or "
                   "--shard_size TFRecords per shard with an index.json (records; "
                   "read with --dataset=records).")
-flags.DEFINE_integer("shard_size", 1000, "--format=records: records per shard "
+flags.DEFINE_integer("shard_size", 1000, "--layout=records: records per shard "
                      "(choose it for ten or more shards per worker).")
 
 SPLITS = ("train", "val", "test")
@@ -99,7 +99,7 @@ class SplitSink:
   The hook every image-writing subcommand uses (celeba, synfaces; faces and
   folder wire in the same way):
 
-      sink = open_sink(FLAGS.format, out, split, num_items, has_depth=False,
+      sink = open_sink(FLAGS.layout, out, split, num_items, has_depth=False,
                        image_format="jpg")
       for i, (name, source) in enumerate(items):     # a fixed order
         if sink.needed(i):                           # resume: skip done work
@@ -176,12 +176,12 @@ class RecordSink(SplitSink):
 
 def open_sink(fmt: str, out, split: str, names, has_depth: bool = False,
               image_format: str = "jpg", shard_size: int = 1000) -> SplitSink:
-  """The SplitSink --format names for a split of `names` (one per item, in order)."""
+  """The SplitSink --layout names for a split of `names` (one per item, in order)."""
   if fmt == "records":
     return RecordSink(out, split, len(names), shard_size, has_depth, image_format)
   if fmt == "folder":
     return FolderSink(out, split, names, has_depth, image_format)
-  raise app.UsageError(f"--format={fmt!r}: use folder or records")
+  raise app.UsageError(f"--layout={fmt!r}: use folder or records")
 
 
 def split_counts(num: int, fractions) -> dict:
@@ -214,11 +214,11 @@ def synfaces():
     raise app.UsageError(f"--num={FLAGS.num} must be >= 0")
   generator = synthetic.SynFaces(image_size=FLAGS.image_size, seed=FLAGS.seed)
   for split, count in split_counts(FLAGS.num, FLAGS.split_fractions).items():
-    if FLAGS.format == "folder":
+    if FLAGS.layout == "folder":
       written = synthetic.write_split(FLAGS.out, split, count, generator=generator)
     else:
       written = write_synfaces_split(generator, FLAGS.out, split, count,
-                                     FLAGS.format, FLAGS.shard_size)
+                                     FLAGS.layout, FLAGS.shard_size)
     print(f"synfaces {split}: {count} pairs, {written} newly written")
 
 
@@ -413,7 +413,7 @@ def _celeba_crop(job):
 
 
 def _celeba_records(out, jobs_by_split, shard_size, workers, counts):
-  """--format=records: each split's jobs (a fixed order) into record shards;
+  """--layout=records: each split's jobs (a fixed order) into record shards;
   finished shards are skipped."""
   from tqdm import tqdm
   for split, jobs in jobs_by_split.items():
@@ -540,10 +540,10 @@ def celeba():
     counts = prepare_celeba(FLAGS.src, FLAGS.out, crop=FLAGS.celeba_crop,
                             images=FLAGS.celeba_images, size=FLAGS.image_size,
                             scale=FLAGS.celeba_scale, fmt=FLAGS.celeba_format,
-                            output=FLAGS.format, shard_size=FLAGS.shard_size)
+                            output=FLAGS.layout, shard_size=FLAGS.shard_size)
   except (FileNotFoundError, ValueError) as e:
     raise SystemExit(f"celeba: {e}") from None
-  for split in SPLITS if FLAGS.format == "folder" else ():
+  for split in SPLITS if FLAGS.layout == "folder" else ():
     total = sum(1 for p in (pathlib.Path(FLAGS.out) / split).iterdir()
                 if p.suffix == f".{FLAGS.celeba_format}")
     print(f"celeba {split}: {total} images")
@@ -597,12 +597,12 @@ def _own_photos(mode: str):
   from tfsym3d.data import photos  # pylint: disable=g-import-not-at-top
   if not FLAGS.src or not FLAGS.out:
     raise app.UsageError(f"{mode}: set --src PHOTOS and --out DIR")
-  if FLAGS.format != "folder":
+  if FLAGS.layout != "folder":
     # Crops are chosen, deduplicated and split as a whole run; writing them
     # as shards is not wired yet, so refuse rather than write the wrong layout.
     raise app.UsageError(
-        f"{mode}: --format={FLAGS.format} is not supported yet; prepare with "
-        f"the default --format=folder and train with --dataset=folder")
+        f"{mode}: --layout={FLAGS.layout} is not supported yet; prepare with "
+        f"the default --layout=folder and train with --dataset=folder")
   config = _photos_config(mode)
   try:
     report = photos.prepare_photos(FLAGS.src, FLAGS.out, config,

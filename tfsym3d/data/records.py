@@ -71,7 +71,7 @@ def read_index(split_dir) -> dict:
   if not path.is_file():
     raise FileNotFoundError(
         f"{path}: no records index; write the split with `python -m "
-        "tfsym3d.data.prepare <subcommand> --format=records --out DIR`")
+        "tfsym3d.data.prepare <subcommand> --layout=records --out DIR`")
   index = json.loads(path.read_text())
   if index.get("version") != INDEX_VERSION:
     raise ValueError(f"{path}: index version {index.get('version')}, expected "

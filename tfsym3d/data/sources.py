@@ -89,7 +89,7 @@ class DataSource:
   def _prepare_hint(self) -> str:
     if self.dataset == "records":
       return ("write one with `python -m tfsym3d.data.prepare synfaces|celeba ... "
-              f"--format=records --out {self.data_dir or 'DIR'}`")
+              f"--layout=records --out {self.data_dir or 'DIR'}`")
     if self.dataset == "paired":
       return ("write one with `python -m tfsym3d.data.prepare synfaces --out "
               f"{self.data_dir or 'DIR'} --num 20000` or point --data_dir at the "

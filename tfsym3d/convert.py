@@ -493,6 +493,20 @@ def _explicit_model_flags() -> List[str]:
   return [name for name in vars(ModelConfig()) if FLAGS[name].present]
 
 
+def _run_or_exit(conversion):
+  """Runs `conversion()` -> report dict; a conversion error ends the program
+  with its message. With --json the report is printed and None returned (the
+  caller prints nothing more), else the report is returned for the summary."""
+  try:
+    report = conversion()
+  except (ConversionError, FileNotFoundError, ImportError) as error:
+    sys.exit(f"tfsym3d.convert: {error}")
+  if FLAGS.json:
+    sys.stdout.write(json.dumps(report) + "\n")
+    return None
+  return report
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]} (flags start with --)")
@@ -505,13 +519,9 @@ def main(argv):
   if not FLAGS.torch or not FLAGS.out:
     raise app.UsageError("give --torch=CHECKPOINT.pth and --out=DIR (or "
                          "--torchvision_vgg16=FILE.pth --out=NAME.weights.h5)")
-  try:
-    report = convert(FLAGS.torch, FLAGS.out, tflags.model_config(),
-                     _explicit_model_flags())
-  except (ConversionError, FileNotFoundError, ImportError) as error:
-    sys.exit(f"tfsym3d.convert: {error}")
-  if FLAGS.json:
-    sys.stdout.write(json.dumps(report) + "\n")
+  report = _run_or_exit(lambda: convert(FLAGS.torch, FLAGS.out, tflags.model_config(),
+                                         _explicit_model_flags()))
+  if report is None:
     return
   print(f"converted {', '.join(report['networks_converted'])} "
         f"({report['parameters']:,} parameters) -> {report['checkpoint']}")
@@ -530,12 +540,8 @@ def main(argv):
 
 
 def _main_vgg16():
-  try:
-    report = convert_torchvision_vgg16(FLAGS.torchvision_vgg16, FLAGS.out)
-  except (ConversionError, FileNotFoundError, ImportError) as error:
-    sys.exit(f"tfsym3d.convert: {error}")
-  if FLAGS.json:
-    sys.stdout.write(json.dumps(report) + "\n")
+  report = _run_or_exit(lambda: convert_torchvision_vgg16(FLAGS.torchvision_vgg16, FLAGS.out))
+  if report is None:
     return
   print(f"converted torchvision's VGG16 ({report['convolutions']} convolutions) -> "
         f"{report['out']}")

@@ -170,13 +170,17 @@ class DataSource:
     if steps_per_epoch <= 0:
       raise ValueError("train_stream: steps_per_epoch must be > 0 for a folder")
     epoch, skip = divmod(start_step, steps_per_epoch)
-    kwargs = dict(image_size=self.image_size, batch_size=self.batch_size,
-                  training=True, crop=self.crop, seed=self.seed, first_epoch=epoch,
-                  skip_batches=skip)
+    settings = self._folder_settings(self.batch_size, training=True,
+                                     first_epoch=epoch, skip_batches=skip)
     if self.dataset == "paired":
-      return folders.paired_dataset(self.data_dir, "train", **kwargs).map(
+      return folders.paired_dataset(self.data_dir, "train", settings).map(
           lambda image, depth: image)
-    return folders.image_folder_dataset(self.data_dir, "train", **kwargs)
+    return folders.image_folder_dataset(self.data_dir, "train", settings)
+
+  def _folder_settings(self, batch_size: int, **fields) -> folders.FolderSettings:
+    """The folder readers' settings of this source, plus `fields`."""
+    return folders.FolderSettings(image_size=self.image_size, batch_size=batch_size,
+                                  crop=self.crop, seed=self.seed, **fields)
 
   # -- evaluation ----------------------------------------------------------
 
@@ -193,15 +197,15 @@ class DataSource:
         raise ValueError("eval_dataset: synfaces needs a number of images")
       return _synfaces_batches(self.image_size, batch, self.seed, split, 0, num,
                                training=False, with_depth=True)
-    kwargs = dict(image_size=self.image_size, batch_size=batch, training=False,
-                  crop=self.crop, seed=self.seed, drop_remainder=False)
     if self.dataset == "records":
       ds = records.eval_dataset(self.data_dir, split, self.image_size, batch,
                                 with_depth=self.has_ground_truth, crop=self.crop)
-    elif self.dataset == "paired":
-      ds = folders.paired_dataset(self.data_dir, split, **kwargs)
     else:
-      ds = folders.image_folder_dataset(self.data_dir, split, **kwargs)
+      settings = self._folder_settings(batch, training=False, drop_remainder=False)
+      if self.dataset == "paired":
+        ds = folders.paired_dataset(self.data_dir, split, settings)
+      else:
+        ds = folders.image_folder_dataset(self.data_dir, split, settings)
     if num:
       ds = ds.unbatch().take(num).batch(batch)
     return ds

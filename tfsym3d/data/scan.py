@@ -228,6 +228,7 @@ def list_pairs(root, split) -> List[Tuple[str, str]]:
 # Checking each file once.
 
 def _error(reason: str, detail: str) -> dict:
+  """A probe result for an unusable file."""
   return {"error": detail, "reason": reason}
 
 

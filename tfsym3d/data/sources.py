@@ -73,6 +73,8 @@ class DataSource:
 
   @property
   def has_ground_truth(self) -> bool:
+    """Whether eval batches carry ground-truth depth (synfaces, paired, and
+    records written with depth)."""
     if self.dataset == "records":
       return self.check_records_depth()
     return self.dataset in ("synfaces", "paired")
@@ -87,6 +89,7 @@ class DataSource:
     return False
 
   def _prepare_hint(self) -> str:
+    """The command that writes this dataset, for missing-data errors."""
     if self.dataset == "records":
       return ("write one with `python -m tfsym3d.data.prepare synfaces|celeba ... "
               f"--layout=records --out {self.data_dir or 'DIR'}`")

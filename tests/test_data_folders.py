@@ -404,3 +404,25 @@ def test_epoch_stream_resumes_at_any_step_with_the_same_batches(tmp_path):
       common, first_epoch=2, skip_batches=1))
   for k, b in enumerate(resumed.take(2)):
     np.testing.assert_array_equal(b.numpy(), batches[5 + k])
+
+
+def test_settings_bundle_equals_keywords_and_bad_settings_are_named(tmp_path):
+  for i in range(5):
+    _save(_rgb((i * 40, 10, 200), 24, 20), tmp_path / "train" / f"{i}.png")
+  settings = folders.FolderSettings(image_size=S, batch_size=2, seed=4)
+  bundled = _collect(folders.image_folder_dataset(tmp_path, "train", settings))
+  keywords = _collect(folders.image_folder_dataset(
+      tmp_path, "train", image_size=S, batch_size=2, seed=4))
+  np.testing.assert_array_equal(bundled, keywords)
+  assert bundled.shape == (4, S, S, 3)  # training drops the partial batch
+  # A keyword overrides the bundle's field.
+  evaluated = _collect(folders.image_folder_dataset(tmp_path, "train", settings,
+                                                    training=False))
+  assert evaluated.shape == (5, S, S, 3)
+  with pytest.raises(TypeError, match="imagesize"):
+    folders.image_folder_dataset(tmp_path, "train", imagesize=S)
+  with pytest.raises(TypeError, match="not a FolderSettings"):
+    folders.paired_dataset(tmp_path, "train", S)
+  with pytest.raises(ValueError, match="batch_size"):
+    folders.FolderSettings(batch_size=0)
+  assert folders.PAIRED_DEFAULTS.crop == 170 and not folders.PAIRED_DEFAULTS.training

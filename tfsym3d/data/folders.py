@@ -146,6 +146,10 @@ PAIRED_DEFAULTS = FolderSettings(training=False, crop=170)
 def _settings(base: FolderSettings, settings: Optional[FolderSettings],
               options: dict, caller: str) -> FolderSettings:
   """`settings` (or `base`) with keyword overrides, naming unknown ones."""
+  if settings is not None and not isinstance(settings, FolderSettings):
+    # E.g. the image size passed in the place the settings now take.
+    raise TypeError(f"{caller}: settings={settings!r} is not a FolderSettings; "
+                    "pass its fields by name (image_size=..., batch_size=...)")
   fields = {f.name for f in dataclasses.fields(FolderSettings)}
   unknown = sorted(set(options) - fields)
   if unknown:

@@ -124,8 +124,8 @@ class FolderSettings:
 
   def __post_init__(self):
     # Fail when the settings are made, naming the field, not in the pipeline.
-    _check_sizes(self.image_size, self.batch_size)
     _parse_crop(self.crop)
+    _check_sizes(self.image_size, self.batch_size)
 
   @property
   def scan_settings(self) -> scan.ScanSettings:

@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from tfsym3d.data import folders
 from tfsym3d.data import records
+from tfsym3d.data import scan
 from tfsym3d.data import synthetic
 
 DATASETS = ("synfaces", "folder", "paired", "records")
@@ -127,10 +128,10 @@ class DataSource:
     if self.dataset == "synfaces":
       return None
     if self.dataset == "paired":
-      return len(folders.list_pairs(self.data_dir, "train"))
+      return len(scan.list_pairs(self.data_dir, "train"))
     if self.dataset == "records":
       return records.split_size(self.data_dir, "train")
-    return len(folders.list_images(self.data_dir, "train"))
+    return len(scan.list_images(self.data_dir, "train"))
 
   def train_stream(self, start_step: int = 0, steps_per_epoch: int = 0,
                    part: int = 0, parts: int = 1) -> tf.data.Dataset:

@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from tfsym3d.data import folders
+from tfsym3d.data import scan
 
 S = 16
 
@@ -104,7 +105,7 @@ def test_every_mode_and_extension_decodes_to_rgb(tmp_path):
     _save(make(24 + i, 20), tmp_path / "train" / "sub" / f"{i:02d}_{name}", **kw)
   paths = folders.list_images(tmp_path, "train")
   assert len(paths) == len(_CASES)
-  x = _collect(folders.image_folder_dataset(tmp_path, "train", S, 64,
+  x = _collect(folders.image_folder_dataset(tmp_path, "train", image_size=S, batch_size=64,
                                             training=False))
   assert x.shape == (len(_CASES), S, S, 3) and x.dtype == np.float32
   for (name, _, _, want, tol), got in zip(_CASES, x):
@@ -122,11 +123,11 @@ def test_centre_crop_and_box_crop_geometry(tmp_path, ext):
     _save(Image.fromarray(ramp), tmp_path / "val" / f"{i}.{ext}")
   # Centre crop 20 of 40 x 30: top round(5) = 5, left round(10) = 10; S = 20
   # means no resampling, so the values are exact.
-  x = _collect(folders.image_folder_dataset(tmp_path, "val", 20, 2,
+  x = _collect(folders.image_folder_dataset(tmp_path, "val", image_size=20, batch_size=2,
                                             training=False, crop=20))
   np.testing.assert_allclose(x[0], ramp[5:25, 10:30] / 255 * 2 - 1, atol=1e-5)
   # Box (top, left, height, width), then a 2x antialiased bilinear shrink.
-  x = _collect(folders.image_folder_dataset(tmp_path, "val", 8, 2,
+  x = _collect(folders.image_folder_dataset(tmp_path, "val", image_size=8, batch_size=2,
                                             training=False, crop=(3, 7, 16, 16)))
   want = tf.image.resize(ramp[3:19, 7:23].astype(np.float32) / 255, [8, 8],
                          antialias=True).numpy() * 2 - 1
@@ -138,7 +139,7 @@ def test_centre_crop_and_box_crop_geometry(tmp_path, ext):
 def test_jpeg_crop_decodes_only_the_window(tmp_path):
   ramp = _ramp(40, 30)
   _save(Image.fromarray(ramp), tmp_path / "t" / "a.jpg", quality=100)
-  x = _collect(folders.image_folder_dataset(tmp_path, "t", 20, 1,
+  x = _collect(folders.image_folder_dataset(tmp_path, "t", image_size=20, batch_size=1,
                                             training=False, crop=20))
   np.testing.assert_allclose(x[0], ramp[5:25, 10:30] / 255 * 2 - 1, atol=0.05)
 
@@ -148,9 +149,9 @@ def test_jpeg_draft_decodes_smaller_and_stays_close(tmp_path):
   a = np.stack([u * 3, v * 3, (u + v) * 2], -1).astype(np.uint8)
   _save(Image.fromarray(a), tmp_path / "t" / "a.jpg", quality=100)
   _save(Image.fromarray(a[:, ::-1]), tmp_path / "t" / "b.png")
-  full = _collect(folders.image_folder_dataset(tmp_path, "t", S, 2,
+  full = _collect(folders.image_folder_dataset(tmp_path, "t", image_size=S, batch_size=2,
                                                training=False, jpeg_draft=False))
-  fast = _collect(folders.image_folder_dataset(tmp_path, "t", S, 2,
+  fast = _collect(folders.image_folder_dataset(tmp_path, "t", image_size=S, batch_size=2,
                                                training=False))  # the default
   assert folders._jpeg_ratio([(72, 80)], S) == 4
   np.testing.assert_allclose(fast[1], full[1], atol=1e-6)  # PNG: unchanged
@@ -172,7 +173,7 @@ def test_jpeg_resize_close_to_pil_reference(tmp_path, jpeg_draft):
     with Image.open(path) as decoded:
       small = decoded.convert("RGB").resize((64, 64), Image.BILINEAR)
     want.append(np.asarray(small, np.float32) / 255 * 2 - 1)
-  got = _collect(folders.image_folder_dataset(tmp_path, "t", 64, 4,
+  got = _collect(folders.image_folder_dataset(tmp_path, "t", image_size=64, batch_size=4,
                                               training=False,
                                               jpeg_draft=jpeg_draft))
   err = np.abs(got - np.stack(want))
@@ -193,7 +194,8 @@ def test_flips_and_shuffle_only_when_training_and_seeded(tmp_path):
 
   def run(training, seed=0):
     return _collect(folders.image_folder_dataset(
-        tmp_path, "train", S, n, training=training, seed=seed))
+        tmp_path, "train", image_size=S, batch_size=n, training=training,
+        seed=seed))
 
   x = run(False)
   np.testing.assert_allclose(x[..., :2], np.broadcast_to(plain[..., :2], x[..., :2].shape),
@@ -221,7 +223,7 @@ def test_paired_flips_image_and_depth_together(tmp_path):
   ramp = _ramp(S, S)
   _paired_tree(tmp_path, "train", 16, lambda i: Image.fromarray(ramp),
                lambda i: Image.fromarray(ramp[..., 0]))  # depth g = image red
-  im, d = _collect(folders.paired_dataset(tmp_path, "train", S, 16,
+  im, d = _collect(folders.paired_dataset(tmp_path, "train", image_size=S, batch_size=16,
                                           training=True, crop=None))
   assert im.shape == (16, S, S, 3) and d.shape == (16, S, S)
   g = (im[..., 0] + 1) / 2
@@ -251,7 +253,8 @@ def test_depth_png_8_and_16_bit_and_rgb(tmp_path):
   _png16_rgb(tmp_path / "test" / "depth" / "f003_depth.png", a)
   _save(_rgb(_COLOUR, 176, 180), tmp_path / "test" / "image" / "f003_image.png")
   values.append(("RGB;16", 12345, 65535))
-  im, d = _collect(folders.paired_dataset(tmp_path, "test", S, 8))  # crop 170
+  im, d = _collect(folders.paired_dataset(tmp_path, "test", image_size=S,
+                                          batch_size=8))  # crop 170
   assert d.shape == (4, S, S)
   for (mode, v, vmax), di in zip(values, d):
     np.testing.assert_allclose(di, 1.1 - 0.2 * v / vmax, atol=1e-5, err_msg=mode)
@@ -286,7 +289,7 @@ def test_bad_files_are_skipped_with_a_warning_naming_each(tmp_path, caplog):
   for i in range(3):
     _save(_rgb(_COLOUR, 24, 20), d / f"good{i}.png")
   with caplog.at_level(logging.WARNING):
-    x = _collect(folders.image_folder_dataset(tmp_path, "train", S, 8,
+    x = _collect(folders.image_folder_dataset(tmp_path, "train", image_size=S, batch_size=8,
                                               training=False, crop=16))
   assert x.shape == (3, S, S, 3)
   text = _warnings(caplog)
@@ -298,7 +301,7 @@ def test_bad_files_are_skipped_with_a_warning_naming_each(tmp_path, caplog):
   for i in range(3):
     os.remove(d / f"good{i}.png")
   with pytest.raises(ValueError, match="none of the 5 image files is usable"):
-    folders.image_folder_dataset(tmp_path, "train", S, 8, crop=16)
+    folders.image_folder_dataset(tmp_path, "train", image_size=S, batch_size=8, crop=16)
 
 
 @pytest.mark.parametrize("with_png", [False, True])  # uint8 / uint16 batches
@@ -308,7 +311,8 @@ def test_file_changed_after_the_scan(tmp_path, caplog, with_png):
     _save(_rgb(_COLOUR, 24, 20), d / f"{i}.jpg", quality=95)
   if with_png:
     _save(_rgb(_COLOUR, 24, 20), d / "4.png")
-  ds = folders.image_folder_dataset(tmp_path, "train", S, 8, training=False,
+  ds = folders.image_folder_dataset(tmp_path, "train", image_size=S,
+                                    batch_size=8, training=False,
                                     scan_cache=False)
   (d / "2.jpg").write_bytes(b"garbage now")  # broken: skipped, named
   _save(_rgb(_COLOUR, 24, 20), d / "3.jpg", quality=50)  # still valid: kept
@@ -328,7 +332,7 @@ def test_paired_bad_depth_is_skipped(tmp_path, caplog):
   stray = _save(_rgb(_COLOUR, 176, 176),
                 tmp_path / "test" / "image" / "f009_image.png.tmp.png")
   with caplog.at_level(logging.WARNING):
-    im, d = _collect(folders.paired_dataset(tmp_path, "test", S, 8))
+    im, d = _collect(folders.paired_dataset(tmp_path, "test", image_size=S, batch_size=8))
   assert im.shape == (2, S, S, 3) and d.shape == (2, S, S)
   assert str(bad) in _warnings(caplog) and str(stray) in _warnings(caplog)
 
@@ -358,15 +362,15 @@ def test_missing_or_empty_folders_and_missing_partner_raise(tmp_path):
 def test_scan_cache_reused_from_json(tmp_path, monkeypatch):
   for i in range(3):
     _save(_rgb(_COLOUR), tmp_path / "train" / f"{i}.png")
-  folders.image_folder_dataset(tmp_path, "train", S, 4)
+  folders.image_folder_dataset(tmp_path, "train", image_size=S, batch_size=4)
   assert (tmp_path / "train" / folders.SCAN_CACHE_NAME).is_file()
-  folders._MEMO.clear()
+  scan._MEMO.clear()
 
-  def no_probe(path):
+  def no_probe(path, max_pixels):
     raise AssertionError(f"re-probed {path}")
 
-  monkeypatch.setattr(folders, "_probe", no_probe)
-  x = _collect(folders.image_folder_dataset(tmp_path, "train", S, 4,
+  monkeypatch.setattr(scan, "_probe", no_probe)
+  x = _collect(folders.image_folder_dataset(tmp_path, "train", image_size=S, batch_size=4,
                                             training=False))
   assert x.shape == (3, S, S, 3)
 
@@ -375,7 +379,8 @@ def test_reads_the_synthetic_face_writer_exactly(tmp_path):
   """docs/method.md §8 files from tfsym3d.data.synthetic (16-bit depth) round-trip."""
   synthetic = pytest.importorskip("tfsym3d.data.synthetic")
   synthetic.write_split(str(tmp_path), "test", 3, image_size=S, progress=False)
-  im, d = _collect(folders.paired_dataset(tmp_path, "test", S, 4, crop=None))
+  im, d = _collect(folders.paired_dataset(tmp_path, "test", image_size=S,
+                                          batch_size=4, crop=None))
   names = sorted((tmp_path / "test" / "depth").glob("*_depth.png"))
   want = np.stack([synthetic.decode_depth(np.asarray(Image.open(f))) for f in names])
   np.testing.assert_allclose(d, want, atol=1e-6)
@@ -399,3 +404,25 @@ def test_epoch_stream_resumes_at_any_step_with_the_same_batches(tmp_path):
       common, first_epoch=2, skip_batches=1))
   for k, b in enumerate(resumed.take(2)):
     np.testing.assert_array_equal(b.numpy(), batches[5 + k])
+
+
+def test_settings_bundle_equals_keywords_and_bad_settings_are_named(tmp_path):
+  for i in range(5):
+    _save(_rgb((i * 40, 10, 200), 24, 20), tmp_path / "train" / f"{i}.png")
+  settings = folders.FolderSettings(image_size=S, batch_size=2, seed=4)
+  bundled = _collect(folders.image_folder_dataset(tmp_path, "train", settings))
+  keywords = _collect(folders.image_folder_dataset(
+      tmp_path, "train", image_size=S, batch_size=2, seed=4))
+  np.testing.assert_array_equal(bundled, keywords)
+  assert bundled.shape == (4, S, S, 3)  # training drops the partial batch
+  # A keyword overrides the bundle's field.
+  evaluated = _collect(folders.image_folder_dataset(tmp_path, "train", settings,
+                                                    training=False))
+  assert evaluated.shape == (5, S, S, 3)
+  with pytest.raises(TypeError, match="imagesize"):
+    folders.image_folder_dataset(tmp_path, "train", imagesize=S)
+  with pytest.raises(TypeError, match="not a FolderSettings"):
+    folders.paired_dataset(tmp_path, "train", S)
+  with pytest.raises(ValueError, match="batch_size"):
+    folders.FolderSettings(batch_size=0)
+  assert folders.PAIRED_DEFAULTS.crop == 170 and not folders.PAIRED_DEFAULTS.training

@@ -12,13 +12,18 @@ the stream), other formats by an integer box reduction right after the
 decode. EXIF orientation is applied. Any mode (grey, RGBA, palette, 16-bit)
 becomes 8-bit RGB.
 
+`load_rgb` decodes; `check_decodes` applies the same rules without keeping
+the pixels (the folder readers' scan, `tfsym3d.data.scan`).
+
 Errors are `ValueError` subclasses whose message names the file and starts
 with what went wrong ("unreadable", "too large", "unsupported format",
-"too small"), so callers can log `str(error)` as it is.
+"too small"), so callers can log `str(error)` as it is; each class has a
+`reason` key (unreadable, too_large, unsupported_format, too_small) that
+skip counts use, so every reader counts a bad file under the same name.
 """
 
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 from PIL import Image
@@ -36,27 +41,41 @@ DEFAULT_MAX_PIXELS = 64_000_000
 
 
 class ImageError(ValueError):
-  """An image file that cannot be used; `path` names it."""
+  """An image file that cannot be used; `path` names it.
+
+  Attributes:
+    path: the file.
+    detail: what went wrong, without the path (for messages that name the
+      file themselves).
+    reason: a short key per subclass ("unreadable", "too_large", ...), the
+      same in every reader's skip counts.
+  """
+  reason = "unusable"
 
   def __init__(self, path, message: str):
     super().__init__(f"{message}: {path}")
     self.path = str(path)
+    self.detail = message
 
 
 class UnreadableImage(ImageError):
   """Not an image, truncated, empty or corrupt."""
+  reason = "unreadable"
 
 
 class ImageTooLarge(ImageError):
   """More pixels than the limit; refused before decoding."""
+  reason = "too_large"
 
 
 class UnsupportedFormat(ImageError):
   """An image format the readers do not take (e.g. GIF)."""
+  reason = "unsupported_format"
 
 
 class ImageTooSmall(ImageError):
   """Smaller than the caller needs."""
+  reason = "too_small"
 
 
 def pil_to_rgb01(im: Image.Image) -> np.ndarray:
@@ -88,6 +107,43 @@ def check_size(path, width: int, height: int, max_pixels: int) -> None:
         "for prepare raise --max_image_pixels)")
 
 
+def _open_checked(path, max_pixels: int) -> Image.Image:
+  """Opens a file and applies the header rules: a format in READ_FORMATS and
+  at most max_pixels pixels (0: no limit). Nothing is decoded yet.
+
+  Raises:
+    UnreadableImage, UnsupportedFormat, ImageTooLarge.
+  """
+  try:
+    im = Image.open(path)
+  except Image.DecompressionBombError as error:
+    # Pillow's own guard fires at open for huge headers: the same verdict as
+    # our limit, so the same reason.
+    raise ImageTooLarge(path, f"too large ({error})") from None
+  except Exception as error:  # pylint: disable=broad-except
+    # Pillow raises many types (UnidentifiedImageError, OSError, SyntaxError).
+    raise UnreadableImage(path, f"unreadable ({type(error).__name__}: {error})") from None
+  try:
+    if im.format not in READ_FORMATS:
+      raise UnsupportedFormat(path, f"unsupported format {im.format} (read: "
+                              f"{', '.join(READ_FORMATS)}); convert it to PNG or JPEG")
+    check_size(path, im.size[0], im.size[1], max_pixels)
+  except ImageError:
+    im.close()
+    raise
+  return im
+
+
+def _decode_errors(path, decode):
+  """Runs decode(); maps Pillow's exceptions to ImageTooLarge / UnreadableImage."""
+  try:
+    return decode()
+  except Image.DecompressionBombError as error:
+    raise ImageTooLarge(path, f"too large ({error})") from None
+  except Exception as error:  # pylint: disable=broad-except
+    raise UnreadableImage(path, f"unreadable ({type(error).__name__}: {error})") from None
+
+
 def load_rgb(path, max_pixels: int = DEFAULT_MAX_PIXELS,
              min_side: Optional[int] = None, min_size: int = 1) -> np.ndarray:
   """Decodes an image file into uint8 RGB [H, W, 3], bounded in memory.
@@ -107,35 +163,60 @@ def load_rgb(path, max_pixels: int = DEFAULT_MAX_PIXELS,
   Raises:
     UnsupportedFormat, ImageTooLarge, ImageTooSmall, UnreadableImage.
   """
-  try:
-    im = Image.open(path)
-  except Exception as error:  # pylint: disable=broad-except
-    # Pillow raises many types (UnidentifiedImageError, OSError, SyntaxError).
-    raise UnreadableImage(path, f"unreadable ({type(error).__name__}: {error})") from None
-  with im:
-    if im.format not in READ_FORMATS:
-      raise UnsupportedFormat(path, f"unsupported format {im.format} (read: "
-                              f"{', '.join(READ_FORMATS)}); convert it to PNG or JPEG")
+  with _open_checked(path, max_pixels) as im:
     width, height = im.size
-    check_size(path, width, height, max_pixels)
     if min(width, height) < min_size:
       raise ImageTooSmall(path, f"too small ({width} x {height} pixels, need at "
                           f"least {min_size} on the shorter side)")
-    try:
-      if min_side and im.format in ("JPEG", "MPO") and min(width, height) > min_side:
+
+    def decode():
+      image = im
+      if min_side and image.format in ("JPEG", "MPO") and min(width, height) > min_side:
         # draft keeps the result >= the requested size on both sides.
         scale = min(width, height) / min_side
-        im.draft("RGB", (int(width / scale) + 1, int(height / scale) + 1))
-      im.load()
-      factor = min(im.size) // min_side if min_side else 1
+        image.draft("RGB", (int(width / scale) + 1, int(height / scale) + 1))
+      image.load()
+      factor = min(image.size) // min_side if min_side else 1
       if factor >= 2:
-        im = im.reduce(factor)
-      im = ImageOps.exif_transpose(im)
-      return _to_rgb8(im)
-    except Image.DecompressionBombError as error:
-      raise ImageTooLarge(path, f"too large ({error})") from None
-    except Exception as error:  # pylint: disable=broad-except
-      raise UnreadableImage(path, f"unreadable ({type(error).__name__}: {error})") from None
+        image = image.reduce(factor)
+      return _to_rgb8(ImageOps.exif_transpose(image))
+
+    return _decode_errors(path, decode)
+
+
+def check_decodes(path, max_pixels: Optional[int] = None) -> Tuple[str, str, int, int]:
+  """Checks a file by `load_rgb`'s rules, decoding it once as cheaply as the
+  rules allow: the folder readers' up-front scan.
+
+  JPEGs are decoded at 1/8 scale: that still reads the whole stream (so a
+  truncated file is caught) but is several times faster. No EXIF rotation:
+  the size returned is the stored one, which is what the tf.data decoders
+  see.
+
+  Args:
+    path: the file.
+    max_pixels: the pixel limit; None: DEFAULT_MAX_PIXELS, read at call time
+      so that one setting of the module constant governs every reader.
+
+  Returns:
+    (Pillow format, Pillow mode, width, height).
+
+  Raises:
+    UnsupportedFormat, ImageTooLarge, UnreadableImage.
+  """
+  if max_pixels is None:
+    max_pixels = DEFAULT_MAX_PIXELS
+  with _open_checked(path, max_pixels) as im:
+    width, height = im.size
+    fmt, mode = im.format, im.mode
+
+    def decode():
+      if fmt == "JPEG":
+        im.draft(mode, (max(1, width // 8), max(1, height // 8)))
+      im.load()
+
+    _decode_errors(path, decode)
+  return fmt, mode, width, height
 
 
 def is_image_name(path) -> bool:

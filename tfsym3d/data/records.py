@@ -45,6 +45,8 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from tfsym3d.data import synthetic
+
 INDEX_NAME = "index.json"
 INDEX_VERSION = 1
 DEFAULT_SHARD_SIZE = 1000
@@ -255,7 +257,7 @@ def _decoder(has_depth: bool, with_depth: bool, image_size: int, crop,
     image = x[..., :3] * 2.0 - 1.0
     if not with_depth:
       return image
-    return image, (1.0 - x[..., 3]) * max_depth + x[..., 3] * min_depth
+    return image, synthetic.depth_from_png_value(x[..., 3], min_depth, max_depth)
   return decode
 
 

@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from tfsym3d.data import folders
 from tfsym3d.data import records
+from tfsym3d.data import scan
 from tfsym3d.data import synthetic
 
 DATASETS = ("synfaces", "folder", "paired", "records")
@@ -73,6 +74,8 @@ class DataSource:
 
   @property
   def has_ground_truth(self) -> bool:
+    """Whether eval batches carry ground-truth depth (synfaces, paired, and
+    records written with depth)."""
     if self.dataset == "records":
       return self.check_records_depth()
     return self.dataset in ("synfaces", "paired")
@@ -87,6 +90,7 @@ class DataSource:
     return False
 
   def _prepare_hint(self) -> str:
+    """The command that writes this dataset, for missing-data errors."""
     if self.dataset == "records":
       return ("write one with `python -m tfsym3d.data.prepare synfaces|celeba ... "
               f"--layout=records --out {self.data_dir or 'DIR'}`")
@@ -124,10 +128,10 @@ class DataSource:
     if self.dataset == "synfaces":
       return None
     if self.dataset == "paired":
-      return len(folders.list_pairs(self.data_dir, "train"))
+      return len(scan.list_pairs(self.data_dir, "train"))
     if self.dataset == "records":
       return records.split_size(self.data_dir, "train")
-    return len(folders.list_images(self.data_dir, "train"))
+    return len(scan.list_images(self.data_dir, "train"))
 
   def train_stream(self, start_step: int = 0, steps_per_epoch: int = 0,
                    part: int = 0, parts: int = 1) -> tf.data.Dataset:
@@ -170,13 +174,17 @@ class DataSource:
     if steps_per_epoch <= 0:
       raise ValueError("train_stream: steps_per_epoch must be > 0 for a folder")
     epoch, skip = divmod(start_step, steps_per_epoch)
-    kwargs = dict(image_size=self.image_size, batch_size=self.batch_size,
-                  training=True, crop=self.crop, seed=self.seed, first_epoch=epoch,
-                  skip_batches=skip)
+    settings = self._folder_settings(self.batch_size, training=True,
+                                     first_epoch=epoch, skip_batches=skip)
     if self.dataset == "paired":
-      return folders.paired_dataset(self.data_dir, "train", **kwargs).map(
+      return folders.paired_dataset(self.data_dir, "train", settings).map(
           lambda image, depth: image)
-    return folders.image_folder_dataset(self.data_dir, "train", **kwargs)
+    return folders.image_folder_dataset(self.data_dir, "train", settings)
+
+  def _folder_settings(self, batch_size: int, **fields) -> folders.FolderSettings:
+    """The folder readers' settings of this source, plus `fields`."""
+    return folders.FolderSettings(image_size=self.image_size, batch_size=batch_size,
+                                  crop=self.crop, seed=self.seed, **fields)
 
   # -- evaluation ----------------------------------------------------------
 
@@ -193,15 +201,15 @@ class DataSource:
         raise ValueError("eval_dataset: synfaces needs a number of images")
       return _synfaces_batches(self.image_size, batch, self.seed, split, 0, num,
                                training=False, with_depth=True)
-    kwargs = dict(image_size=self.image_size, batch_size=batch, training=False,
-                  crop=self.crop, seed=self.seed, drop_remainder=False)
     if self.dataset == "records":
       ds = records.eval_dataset(self.data_dir, split, self.image_size, batch,
                                 with_depth=self.has_ground_truth, crop=self.crop)
-    elif self.dataset == "paired":
-      ds = folders.paired_dataset(self.data_dir, split, **kwargs)
     else:
-      ds = folders.image_folder_dataset(self.data_dir, split, **kwargs)
+      settings = self._folder_settings(batch, training=False, drop_remainder=False)
+      if self.dataset == "paired":
+        ds = folders.paired_dataset(self.data_dir, split, settings)
+      else:
+        ds = folders.image_folder_dataset(self.data_dir, split, settings)
     if num:
       ds = ds.unbatch().take(num).batch(batch)
     return ds

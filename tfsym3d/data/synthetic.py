@@ -207,6 +207,27 @@ def render_depth(canon_depth: np.ndarray, view, face_mask=None,
     [S, S] float64 depth; np.inf where no triangle covers the pixel centre.
   """
   size = canon_depth.shape[0]
+  tris = _screen_triangles(canon_depth, view, face_mask, znear, zfar)
+  zbuf = np.full(size * size, np.inf)
+  if tris is not None:
+    _, px, py, inv_depth = _covered_pixels(*tris)
+    pixel = py.astype(np.int64) * size + px.astype(np.int64)
+    np.minimum.at(zbuf, pixel, 1.0 / inv_depth)
+  return zbuf.reshape(size, size)
+
+
+def _screen_triangles(canon_depth: np.ndarray, view, face_mask, znear: float,
+                      zfar: float):
+  """The drawable triangles of the posed mesh in screen space.
+
+  Returns:
+    None when nothing is drawable, else (x, y, z, area, col0, row0, ncol,
+    nrow) per kept triangle: x, y, z [3][F] corner screen positions and
+    depths, area [F] twice the signed screen area, and the integer
+    bounding box of the pixel centres it may cover (first column / row and
+    counts, [F] int64).
+  """
+  size = canon_depth.shape[0]
   focal = focal_length(size)
   centre_px = (size - 1) / 2
   points = pose_points(unproject_np(canon_depth.astype(np.float64), focal), view)
@@ -232,32 +253,40 @@ def render_depth(canon_depth: np.ndarray, view, face_mask=None,
   zmin = np.minimum(np.minimum(z0, z1), z2)
   zmax = np.maximum(np.maximum(z0, z1), z2)
   keep = (ncol > 0) & (nrow > 0) & (np.abs(area) > 1e-12) & (zmin > znear) & (zmax < zfar)
-  zbuf = np.full(size * size, np.inf)
   if not keep.any():
-    return zbuf.reshape(size, size)
-  x0, x1, x2, y0, y1, y2 = x0[keep], x1[keep], x2[keep], y0[keep], y1[keep], y2[keep]
-  inv_area = 1.0 / area[keep]
+    return None
+  return ([x0[keep], x1[keep], x2[keep]], [y0[keep], y1[keep], y2[keep]],
+          [z0[keep], z1[keep], z2[keep]], area[keep],
+          col0[keep].astype(np.int64), row0[keep].astype(np.int64),
+          ncol[keep], nrow[keep])
+
+
+def _covered_pixels(x, y, z, area, col0, row0, ncol, nrow):
+  """Every (triangle, pixel centre) with the centre inside the triangle.
+
+  Args: as `_screen_triangles` returns them.
+  Returns:
+    face [N] triangle indices, px, py [N] float64 pixel centres, inv_depth
+    [N] the perspective-correct 1/z there.
+  """
+  (x0, x1, x2), (y0, y1, y2) = x, y
+  inv_area = 1.0 / area
   # Barycentrics are affine in the pixel centre (p, q): w_i = A_i p + B_i q + C_i.
   a0, b0, c0 = (y1 - y2) * inv_area, (x2 - x1) * inv_area, (x1 * y2 - x2 * y1) * inv_area
   a1, b1, c1 = (y2 - y0) * inv_area, (x0 - x2) * inv_area, (x2 * y0 - x0 * y2) * inv_area
   a2, b2, c2 = (y0 - y1) * inv_area, (x1 - x0) * inv_area, (x0 * y1 - x1 * y0) * inv_area
-  ncol, nrow = ncol[keep], nrow[keep]
-  col0, row0 = col0[keep].astype(np.int64), row0[keep].astype(np.int64)
   face, px, py = _candidates(col0, row0, ncol, nrow)
   tol = -1e-9  # shared edges: a centre on the edge counts for both faces
   inside = ((a0[face] * px + b0[face] * py + c0[face] >= tol)
             & (a1[face] * px + b1[face] * py + c1[face] >= tol)
             & (a2[face] * px + b2[face] * py + c2[face] >= tol))
   face, px, py = face[inside], px[inside], py[inside]
-  r0, r1, r2 = 1.0 / z0[keep], 1.0 / z1[keep], 1.0 / z2[keep]
+  r0, r1, r2 = 1.0 / z[0], 1.0 / z[1], 1.0 / z[2]
   # 1/z is affine in the pixel centre too: sum_i w_i / z_i.
   inv_depth = ((a0 * r0 + a1 * r1 + a2 * r2)[face] * px
                + (b0 * r0 + b1 * r1 + b2 * r2)[face] * py
                + (c0 * r0 + c1 * r1 + c2 * r2)[face])
-  depth = 1.0 / inv_depth
-  pixel = py.astype(np.int64) * size + px.astype(np.int64)
-  np.minimum.at(zbuf, pixel, depth)
-  return zbuf.reshape(size, size)
+  return face, px, py, inv_depth
 
 
 def bilinear_np(image: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -289,6 +318,15 @@ def _blend(base, colour, weight):
   colour = np.asarray(colour, base.dtype)  # float64 colours would upcast maps
   base += (colour - base) * weight[..., None]
   return base
+
+
+def _head_faces(head: np.ndarray) -> np.ndarray:
+  """[2 (S-1)^2] bool: the grid triangles whose corners all lie on the head
+  (the two triangles of each cell in `grid_triangles` order), so the
+  background plane is never drawn."""
+  upper = head[:-1, :-1] & head[1:, :-1] & head[:-1, 1:]
+  lower = head[:-1, 1:] & head[1:, :-1] & head[1:, 1:]
+  return np.concatenate([upper.ravel(), lower.ravel()])
 
 
 class SynFaces:
@@ -345,25 +383,12 @@ class SynFaces:
 
   # -- parts ----------------------------------------------------------------
 
-  def _shape(self, rng):
-    """Canonical depth [S, S], head mask [S, S] bool, asymmetric part [S, S],
-    and the layout the albedo reuses (half-grid maps)."""
-    x, y, a, h = self._x, self._y, self._axis, self._half_axis
-    u = rng.uniform
-    # The head fills most of the frame, like a face crop (and like the
-    # reference's data): background is the minority of the pixels.
-    ax, ay, cy = u(0.85, 0.95), u(0.98, 1.06), u(-0.03, 0.03)
-    r2 = (x / ax) ** 2 + ((y - cy) / ay) ** 2
-    # The head ends before the ellipsoid turns vertical: a near-vertical rim
-    # sampled on the pixel grid shows as spikes when seen at grazing angles.
-    head = r2 < _RIM_R2
-    relief = u(0.08, 0.11)
-    # Features fade out toward the rim so the silhouette stays the ellipse's.
-    fade = np.sqrt(np.clip(1 - r2, 0, 1))
-    # Ellipsoid: would meet the background depth at r2 = 1; bulges toward
-    # the camera.
-    depth = FAR_DEPTH - relief * fade
-    yy = (y - cy) / ay  # vertical position within the head, -1 top .. 1 bottom
+  def _relief(self, u, ax, ay, cy):
+    """The mirrored facial relief on the half grid [S, ceil(S/2)] (negative
+    is toward the camera), and the feature positions the albedo reuses:
+    (relief, eye_x, eye_y, brow_y, mouth_y). `u` draws from the sample's
+    random stream, in a fixed order."""
+    a, h = self._axis, self._half_axis
     eye_x, eye_y = u(0.28, 0.42) * ax, cy + u(-0.25, -0.1) * ay
     nose_len = u(0.25, 0.45) * ay
     brow_y = eye_y - u(0.1, 0.16)
@@ -389,6 +414,28 @@ class SynFaces:
     gy[0] *= np.clip((a - eye_y) / nose_len, 0, 1)
     # Every bump is separable, so their sum is one matrix product.
     feat = gy.T @ gx                                                    # [S, W]
+    return feat, eye_x, eye_y, brow_y, mouth_y
+
+  def _shape(self, rng):
+    """Canonical depth [S, S], head mask [S, S] bool, asymmetric part [S, S],
+    and the layout the albedo reuses (half-grid maps)."""
+    x, y = self._x, self._y
+    u = rng.uniform
+    # The head fills most of the frame, like a face crop (and like the
+    # reference's data): background is the minority of the pixels.
+    ax, ay, cy = u(0.85, 0.95), u(0.98, 1.06), u(-0.03, 0.03)
+    r2 = (x / ax) ** 2 + ((y - cy) / ay) ** 2
+    # The head ends before the ellipsoid turns vertical: a near-vertical rim
+    # sampled on the pixel grid shows as spikes when seen at grazing angles.
+    head = r2 < _RIM_R2
+    relief = u(0.08, 0.11)
+    # Features fade out toward the rim so the silhouette stays the ellipse's.
+    fade = np.sqrt(np.clip(1 - r2, 0, 1))
+    # Ellipsoid: would meet the background depth at r2 = 1; bulges toward
+    # the camera.
+    depth = FAR_DEPTH - relief * fade
+    yy = (y - cy) / ay  # vertical position within the head, -1 top .. 1 bottom
+    feat, eye_x, eye_y, brow_y, mouth_y = self._relief(u, ax, ay, cy)
     symmetric = self._mirror(np.where(head, depth + feat * fade, FAR_DEPTH))
     head, fade = self._mirror(head), self._mirror(fade)
     # The asymmetric part: one bump (toward the camera) on a random side.
@@ -402,9 +449,35 @@ class SynFaces:
                   mouth_y=mouth_y, yy=yy)
     return depth.astype(np.float32), head, asym, layout
 
+  def _paint(self, albedo, hair, hair_w, features):
+    """Paints the hair (weight hair_w) and then each mirrored feature over
+    the half-grid skin `albedo` [S, ceil(S/2), 3], all layers at once.
+
+    Args:
+      features: (colour, x, y, sigma x, sigma y, gain, offset) per feature,
+        in painting order; weight = clip(gain * pair - offset, 0, 1) with
+        pair the two mirrored Gaussians.
+    """
+    a, h = self._axis, self._half_axis
+    colours = np.stack([hair] + [f[0] for f in features])                # [K, 3]
+    cx, cy_, sx, sy, gain, offset = (np.array([f[i] for f in features], np.float32)[:, None]
+                                     for i in range(1, 7))
+    gx = np.exp(-0.5 * ((h - cx) / sx) ** 2) + np.exp(-0.5 * ((h + cx) / sx) ** 2)
+    gy = np.exp(-0.5 * ((a - cy_) / sy) ** 2)
+    weights = np.empty((len(features) + 1,) + hair_w.shape, np.float32)  # [K, S, W]
+    weights[0] = hair_w
+    weights[1:] = np.clip(gain[:, :, None] * gy[:, :, None] * gx[:, None, :]
+                          - offset[:, :, None], 0, 1)
+    # Painting layer k over the result of layers < k, all at once: layer k
+    # survives the layers above it, prod_{j > k} (1 - w_j).
+    through = np.cumprod((1 - weights)[::-1], axis=0)[::-1]           # prod_{j >= k}
+    above = np.concatenate([through[1:], np.ones_like(through[:1])])
+    painted = (weights * above).reshape(len(colours), -1).T @ colours
+    return albedo * through[0][..., None] + painted.reshape(albedo.shape)
+
   def _albedo(self, rng, layout):
     """Canonical albedo [S, S, 3] in [0, 1] and its asymmetric part."""
-    x, a, h = self._x, self._axis, self._half_axis
+    x = self._x
     u = rng.uniform
     skin = _hsv_to_rgb(u(0.02, 0.11), u(0.2, 0.6), u(0.45, 0.95))
     yy = layout["yy"]
@@ -431,21 +504,7 @@ class SynFaces:
         (iris, eye_x, eye_y, 0.035, 0.035, 2.0, 0.5),
         (lips, 0.0, layout["mouth_y"], u(0.12, 0.18), 0.035, 0.75, 0.0),  # x 0: pair = 2x
     ]
-    colours = np.stack([hair] + [f[0] for f in features])                # [K, 3]
-    cx, cy_, sx, sy, gain, offset = (np.array([f[i] for f in features], np.float32)[:, None]
-                                     for i in range(1, 7))
-    gx = np.exp(-0.5 * ((h - cx) / sx) ** 2) + np.exp(-0.5 * ((h + cx) / sx) ** 2)
-    gy = np.exp(-0.5 * ((a - cy_) / sy) ** 2)
-    weights = np.empty((len(features) + 1,) + hair_w.shape, np.float32)  # [K, S, W]
-    weights[0] = hair_w
-    weights[1:] = np.clip(gain[:, :, None] * gy[:, :, None] * gx[:, None, :]
-                          - offset[:, :, None], 0, 1)
-    # Painting layer k over the result of layers < k, all at once: layer k
-    # survives the layers above it, prod_{j > k} (1 - w_j).
-    through = np.cumprod((1 - weights)[::-1], axis=0)[::-1]           # prod_{j >= k}
-    above = np.concatenate([through[1:], np.ones_like(through[:1])])
-    painted = (weights * above).reshape(len(colours), -1).T @ colours
-    albedo = albedo * through[0][..., None] + painted.reshape(albedo.shape)
+    albedo = self._paint(albedo, hair, hair_w, features)
     symmetric = self._mirror(np.clip(albedo, 0, 1))
     # The asymmetric part: a mole and a few freckles, on a random side.
     side = float(rng.integers(2) * 2 - 1)
@@ -484,6 +543,33 @@ class SynFaces:
     image += 0.03 * (rng.random(image.shape, np.float32) - 0.5)
     return np.clip(image, 0, 1)
 
+  def _shade(self, albedo, canon_depth, light):
+    """Lambertian shading in the canonical frame (docs/method.md §4): the
+    shaded canonical image [S, S, 3] in [0, 1]."""
+    nx, ny, nz = normal_planes(canon_depth, self.focal)
+    lx, ly, lz = np.array([light[2], light[3], 1.0]) / math.hypot(light[2], light[3], 1.0)
+    cosine = np.maximum(nx * np.float32(lx) + ny * np.float32(ly) + nz * np.float32(lz), 0)
+    shading = np.float32(light[0]) + np.float32(light[1]) * cosine
+    return np.clip(albedo * shading[..., None], 0, 1)
+
+  def _input_view(self, canon_image, zbuf, mask, view, background):
+    """The input-view image, uint8 [S, S, 3]: each covered pixel goes back to
+    the canonical view through the rendered depth `zbuf` and takes a bilinear
+    lookup of the shaded canonical image; the rest is `background` (which is
+    written into)."""
+    size = self.image_size
+    image = background
+    vs, us = np.nonzero(mask)
+    if len(vs):
+      c = (size - 1) / 2
+      z = zbuf[vs, us]
+      points = np.stack([(us - c) / self.focal * z, (vs - c) / self.focal * z, z], -1)
+      canon = unpose_points(points, view)
+      cu = canon[:, 0] / canon[:, 2] * self.focal + c
+      cv = canon[:, 1] / canon[:, 2] * self.focal + c
+      image[vs, us] = bilinear_np(canon_image, cu, cv)
+    return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+
   # -- public ---------------------------------------------------------------
 
   def rng(self, index: int) -> np.random.Generator:
@@ -510,7 +596,6 @@ class SynFaces:
         view: [6] float32 (rx, ry, rz radians; tx, ty, tz).
     """
     rng = self.rng(index)
-    size = self.image_size
     canon_depth, head, depth_asym, layout = self._shape(rng)
     albedo, albedo_asym = self._albedo(rng, layout)
     # Ambient in [0.3, 0.6], diffuse in [0.4, 0.8], lx, ly in [-1, 1].
@@ -521,36 +606,11 @@ class SynFaces:
                                         self.max_roll * deg, self.max_translation,
                                         self.max_translation]
     background = self._background(rng)
-
-    # Lambertian shading in the canonical frame (docs/method.md §4).
-    nx, ny, nz = normal_planes(canon_depth, self.focal)
-    lx, ly, lz = np.array([light[2], light[3], 1.0]) / math.hypot(light[2], light[3], 1.0)
-    cosine = np.maximum(nx * np.float32(lx) + ny * np.float32(ly) + nz * np.float32(lz), 0)
-    shading = np.float32(light[0]) + np.float32(light[1]) * cosine
-    canon_image = np.clip(albedo * shading[..., None], 0, 1)
-
-    # Only triangles whose corners all lie on the head are drawn (the two
-    # triangles of each cell in `grid_triangles` order).
-    upper = head[:-1, :-1] & head[1:, :-1] & head[:-1, 1:]
-    lower = head[:-1, 1:] & head[1:, :-1] & head[1:, 1:]
-    face_mask = np.concatenate([upper.ravel(), lower.ravel()])
-    zbuf = render_depth(canon_depth, view, face_mask)
+    canon_image = self._shade(albedo, canon_depth, light)
+    zbuf = render_depth(canon_depth, view, _head_faces(head))
     mask = np.isfinite(zbuf)
     depth = np.where(mask, np.clip(zbuf, MIN_DEPTH, FG_MAX_DEPTH), FAR_DEPTH)
-
-    # Colour of each covered pixel: back to the canonical view through the
-    # rendered depth, then a bilinear lookup of the shaded canonical image.
-    image = background
-    vs, us = np.nonzero(mask)
-    if len(vs):
-      c = (size - 1) / 2
-      z = zbuf[vs, us]
-      points = np.stack([(us - c) / self.focal * z, (vs - c) / self.focal * z, z], -1)
-      canon = unpose_points(points, view)
-      cu = canon[:, 0] / canon[:, 2] * self.focal + c
-      cv = canon[:, 1] / canon[:, 2] * self.focal + c
-      image[vs, us] = bilinear_np(canon_image, cu, cv)  # background is ours
-    image = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+    image = self._input_view(canon_image, zbuf, mask, view, background)
     return dict(image=image, depth=depth.astype(np.float32), mask=mask,
                 canon_depth=canon_depth.astype(np.float32),
                 canon_albedo=(albedo * 2 - 1).astype(np.float32),

@@ -148,3 +148,54 @@ def test_prepare_celeba_records_match_the_folder_crops_and_resume(tmp_path):
     for image, name in zip(got, names):
       want = np.asarray(Image.open(tmp_path / "folder" / split / f"{name}.png"))
       np.testing.assert_allclose((image + 1) * 127.5, want, atol=1e-3)
+
+
+def _photos(root, count, rng):
+  root.mkdir(parents=True, exist_ok=True)
+  for i in range(count):
+    coarse = rng.integers(0, 255, (5, 6, 3), np.uint8)
+    Image.fromarray(coarse).resize((60, 50), Image.BILINEAR).save(root / f"p{i:02d}.png")
+
+
+def test_prepare_folder_records_read_back_like_the_folder_layout(tmp_path):
+  from tfsym3d.data import photos, prepare
+  src = tmp_path / "src"
+  _photos(src, 14, np.random.default_rng(4))
+  config = photos.PrepareConfig(mode="folder", image_size=16, crop=40)
+  folder = prepare.prepare_own_photos(src, tmp_path / "folder", config, progress=False)
+  rec = prepare.prepare_own_photos(src, tmp_path / "rec", config, "records",
+                                   shard_size=3, progress=False)
+  assert rec["records"] == folder["kept_by_split"]
+  assert rec["kept"] == folder["kept"] == 14
+  assert (tmp_path / "rec" / photos.REPORT_NAME).is_file()
+  assert (tmp_path / "rec" / photos.PREVIEW_NAME).is_file()
+  data = sources.DataSource("records", data_dir=str(tmp_path / "rec"), image_size=16,
+                            batch_size=4)
+  data.check()
+  assert data.train_size() == folder["kept_by_split"]["train"]
+  for split in photos.SPLITS:
+    want = sorted((tmp_path / "folder" / split).glob("*.png"))
+    assert want, split                       # every split has a photo here
+    got = np.concatenate([b.numpy() for b in data.eval_dataset(split)])
+    assert len(got) == len(want)
+    for image, path in zip(got, want):
+      np.testing.assert_allclose((image + 1) * 127.5, np.asarray(Image.open(path)),
+                                 atol=1e-3)
+  # A rerun resumes: nothing is rewritten.
+  shards = {p: p.stat().st_mtime_ns for p in (tmp_path / "rec").glob("*/shard-*")}
+  again = prepare.prepare_own_photos(src, tmp_path / "rec", config, "records",
+                                     shard_size=3, progress=False)
+  assert again["records"] == rec["records"]
+  assert {p: p.stat().st_mtime_ns for p in shards} == shards
+  # More photos: the splits' lists change and their records are rewritten.
+  _photos(src / "more", 3, np.random.default_rng(5))
+  grown = prepare.prepare_own_photos(src, tmp_path / "rec", config, "records",
+                                     shard_size=3, progress=False)
+  assert sum(grown["records"].values()) == 17
+  spec = {"name": tf.io.FixedLenFeature([], tf.string)}
+  for split in photos.SPLITS:
+    files = records.open_split(str(tmp_path / "rec"), split).files
+    names = [tf.io.parse_single_example(r, spec)["name"].numpy().decode()
+             for r in tf.data.TFRecordDataset(files)]
+    crops = tmp_path / "rec" / prepare.PHOTO_CROPS / split
+    assert names == sorted(p.stem for p in crops.glob("*.png")), split

@@ -496,6 +496,10 @@ def format_report(report: dict) -> str:
   if report["unsupported_formats"]:
     lines.append("  formats not read: " + ", ".join(
         f"{ext} ({n})" for ext, n in sorted(report["unsupported_formats"].items())))
+  if report.get("records"):
+    lines.append("  records: " + " ".join(f"{s} {n}" for s, n in report["records"].items()))
+  elif "records" in report:
+    lines.append("  records: not written yet (photos pending; rerun to finish)")
   lines.append(f"  report: {report['out']}/{REPORT_NAME}, preview: "
                f"{report['out']}/{PREVIEW_NAME}")
   return "\n".join(lines)

@@ -21,8 +21,10 @@ about and skipped. --num, --seed and --split_fractions do not apply.
 
 --layout=records writes each split instead as shards of --shard_size
 TFRecords with an index (`tfsym3d.data.records`; train with
---dataset=records), resuming at the first unfinished shard. `celeba` and
-`synfaces` write through a `SplitSink` (`open_sink`).
+--dataset=records), resuming at the first unfinished shard. Every
+subcommand writes through a `SplitSink` (`open_sink`); `faces` and `folder`
+first prepare their crops as a folder under <out>/.crops (their resume
+state), then write each split's crops as records.
 
   python -m tfsym3d.data.prepare faces --src PHOTOS --out DIR [--image_size 64]
   python -m tfsym3d.data.prepare folder --src IMAGES --out DIR [--crop C]
@@ -34,10 +36,12 @@ TFRecords with an index (`tfsym3d.data.records`; train with
 """
 
 import concurrent.futures
+import hashlib
 import io
 import json
 import os
 import pathlib
+import shutil
 import sys
 
 from absl import app
@@ -96,8 +100,8 @@ def _encode(image, fmt: str) -> bytes:
 class SplitSink:
   """Where a subcommand writes one split: the folder layout or record shards.
 
-  The hook every image-writing subcommand uses (celeba, synfaces; faces and
-  folder wire in the same way):
+  The hook every image-writing subcommand uses (celeba, synfaces, and faces
+  and folder through `photo_records`):
 
       sink = open_sink(FLAGS.layout, out, split, num_items, has_depth=False,
                        image_format="jpg")
@@ -158,9 +162,11 @@ class FolderSink(SplitSink):
 class RecordSink(SplitSink):
   """Shards of TFRecords with an index (`tfsym3d.data.records`)."""
 
-  def __init__(self, out, split, num, shard_size, has_depth=False, image_format="jpg"):
+  def __init__(self, out, split, names, shard_size, has_depth=False, image_format="jpg"):
     from tfsym3d.data import records  # TensorFlow only when needed
-    self.writer = records.RecordSplitWriter(out, split, num, shard_size, has_depth)
+    key = hashlib.sha1("\n".join(names).encode("utf-8")).hexdigest()
+    self.writer = records.RecordSplitWriter(out, split, len(names), shard_size,
+                                            has_depth, key=key)
     self.fmt = image_format
 
   def needed(self, i):
@@ -178,7 +184,7 @@ def open_sink(fmt: str, out, split: str, names, has_depth: bool = False,
               image_format: str = "jpg", shard_size: int = 1000) -> SplitSink:
   """The SplitSink --layout names for a split of `names` (one per item, in order)."""
   if fmt == "records":
-    return RecordSink(out, split, len(names), shard_size, has_depth, image_format)
+    return RecordSink(out, split, list(names), shard_size, has_depth, image_format)
   if fmt == "folder":
     return FolderSink(out, split, names, has_depth, image_format)
   raise app.UsageError(f"--layout={fmt!r}: use folder or records")
@@ -535,22 +541,69 @@ def _photos_config(mode: str):
       max_pixels=FLAGS.max_image_pixels)
 
 
+# --layout=records: faces and folder choose, deduplicate and split their crops
+# over the whole run, so the crops are prepared as a folder here first (the
+# run's resume state) and each split is then written as records.
+PHOTO_CROPS = ".crops"
+
+
+def photo_records(crops, out, shard_size: int, progress: bool = True) -> dict:
+  """Writes the crops of a `faces`/`folder` run (<crops>/<split>/*.png) as
+  record shards under <out>/<split>, in name order, resuming at the first
+  unfinished shard; returns the records on disk per split."""
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  counts = {}
+  for split in SPLITS:
+    paths = sorted((pathlib.Path(crops) / split).glob("*.png"))
+    names = [p.stem for p in paths]
+    sink = open_sink("records", out, split, names, image_format="png",
+                     shard_size=shard_size)
+    for i, path in enumerate(tqdm(paths, desc=f"records {split}", unit="img",
+                                  file=sys.stderr, disable=not progress or not paths)):
+      if sink.needed(i):
+        with Image.open(path) as image:
+          sink.add(i, names[i], image.convert("RGB"))
+    counts[split] = sink.close()
+  return counts
+
+
+def prepare_own_photos(src, out, config, layout: str = "folder", shard_size: int = 1000,
+                       max_photos: int = 0, progress: bool = True, detector=None) -> dict:
+  """`faces` / `folder` in either layout; returns the report
+  (`photos.prepare_photos`'s, with `records` per split for records).
+
+  Raises what `photos.prepare_photos` raises, and app.UsageError for a bad
+  layout.
+  """
+  from tfsym3d.data import photos  # pylint: disable=g-import-not-at-top
+  out = pathlib.Path(out)
+  if layout == "folder":
+    return photos.prepare_photos(src, out, config, detector, max_photos, progress)
+  if layout != "records":
+    raise app.UsageError(f"--layout={layout!r}: use folder or records")
+  crops = out / PHOTO_CROPS
+  report = photos.prepare_photos(src, crops, config, detector, max_photos, progress)
+  if report["pending"]:
+    # Records are written once every photo is in, so shards never change.
+    report["records"] = None
+  else:
+    report["records"] = photo_records(crops, out, shard_size, progress)
+  report["out"] = str(out)
+  (out / photos.REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+  if (crops / photos.PREVIEW_NAME).is_file():
+    shutil.copyfile(crops / photos.PREVIEW_NAME, out / photos.PREVIEW_NAME)
+  return report
+
+
 def _own_photos(mode: str):
   """The `faces` and `folder` subcommands."""
   from tfsym3d.data import photos  # pylint: disable=g-import-not-at-top
   if not FLAGS.src or not FLAGS.out:
     raise app.UsageError(f"{mode}: set --src PHOTOS and --out DIR")
-  if FLAGS.layout != "folder":
-    # Crops are chosen, deduplicated and split as a whole run; writing them
-    # as shards is not wired yet, so refuse rather than write the wrong layout.
-    raise app.UsageError(
-        f"{mode}: --layout={FLAGS.layout} is not supported yet; prepare with "
-        f"the default --layout=folder and train with --dataset=folder")
   config = _photos_config(mode)
   try:
-    report = photos.prepare_photos(FLAGS.src, FLAGS.out, config,
-                                   max_photos=FLAGS.max_photos,
-                                   progress=FLAGS.progress)
+    report = prepare_own_photos(FLAGS.src, FLAGS.out, config, FLAGS.layout,
+                                FLAGS.shard_size, FLAGS.max_photos, FLAGS.progress)
   except (FileNotFoundError, ValueError, RuntimeError) as error:
     raise SystemExit(f"{mode}: {error}") from None
   if FLAGS.json:

@@ -325,10 +325,14 @@ def test_cli_faces_then_tiny_training_and_reconstruct(tmp_path, detector):
        "--epochs=1", "--steps_per_epoch=2", "--val_images=0", "--eval_images=0",
        "--images_every=0", "--noprogress"])
   crops = sorted((out / "test").glob("*.png")) + sorted((out / "train").glob("*.png"))
-  result = run(["tfsym3d.reconstruct", f"--input={crops[0]}", f"--output={tmp_path / 'rec'}",
-                f"--model={run_dir}", "--gif_frames=2", "--noprogress", "--json"])
+  big = tmp_path / "big.png"     # over the pixel limit given: skipped undecoded
+  Image.fromarray(np.zeros((300, 400, 3), np.uint8)).save(big)
+  result = run(["tfsym3d.reconstruct", f"--input={crops[0]},{big}",
+                f"--output={tmp_path / 'rec'}", f"--model={run_dir}", "--gif_frames=2",
+                "--max_image_pixels=100000", "--noprogress", "--json"])
   summary = json.loads(result.stdout.strip().splitlines()[-1])
   assert [name for name, _ in summary["written"]] == [crops[0].stem]
+  assert [(path, why[:9]) for path, why in summary["skipped"]] == [(str(big), "too large")]
   with Image.open(tmp_path / "rec" / crops[0].stem / "depth.png") as im:
     assert im.size == (16, 16)
   assert (tmp_path / "rec" / "contact_sheet.png").is_file()

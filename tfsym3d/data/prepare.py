@@ -52,7 +52,8 @@ from PIL import Image
 
 from tfsym3d.data.framing import BBOX_SIDE, LANDMARK_SIDE, bbox_box, crop_square, landmark_box  # noqa: F401  pylint: disable=unused-import
 # --image_size, --seed (and every shared flag) are defined once, in tfsym3d.flags.
-from tfsym3d import flags as _model_flags  # noqa: F401  pylint: disable=unused-import
+from tfsym3d import flags as _model_flags
+from tfsym3d.data import photos
 
 FLAGS = flags.FLAGS
 
@@ -503,28 +504,27 @@ def celeba():
 # Own photos: `faces` (BlazeFace, CelebA framing) and `folder` (centre or box
 # crop); the logic is in tfsym3d.data.photos.
 
-flags.DEFINE_enum("faces", "largest", ["largest", "all"],
-                  "faces: crop the largest face of each photo, or every face "
-                  "passing --min_face_size and --min_face_score.")
-flags.DEFINE_integer("min_face_size", 40, "faces: smallest face box kept (longer "
-                     "side, pixels of the source photo).")
-flags.DEFINE_float("min_face_score", 0.7, "faces: BlazeFace score threshold.")
-flags.DEFINE_float("crop_scale", 1.0, "faces: multiplies the CelebA-framed crop "
-                   "side; above 1 keeps more context (the margin).")
-flags.DEFINE_float("min_sharpness", 0.0, "faces/folder: drop crops whose Laplacian "
-                   "variance (grey, 0..255) is below this; 0: off (try 20).")
-flags.DEFINE_integer("near_duplicate_bits", 4, "faces/folder: crops whose 64-bit "
-                     "difference hashes differ in at most this many bits are near "
-                     "duplicates; -1: off.")
-flags.DEFINE_integer("max_image_pixels", 64_000_000, "faces/folder: images with more "
-                     "pixels are skipped undecoded (too_large).")
+# One flag per PrepareConfig setting, its default the config's.
+_PHOTO_HELP = {
+    "faces": ("faces: crop the largest face of each photo, or every face passing "
+              "--min_face_size and --min_face_score."),
+    "min_face_size": "faces: smallest face box kept (longer side, pixels of the source photo).",
+    "min_face_score": "faces: BlazeFace score threshold.",
+    "crop_scale": ("faces: multiplies the CelebA-framed crop side; above 1 keeps more "
+                   "context (the margin)."),
+    "min_sharpness": ("faces/folder: drop crops whose Laplacian variance (grey, "
+                      "0..255) is below this; 0: off (try 20)."),
+    "near_duplicate_bits": ("faces/folder: crops whose 64-bit difference hashes "
+                            "differ in at most this many bits are near duplicates; -1: off."),
+}
+_model_flags.define_config_flags(photos.PrepareConfig, _PHOTO_HELP,
+                                 {"faces": ["largest", "all"]})
 flags.DEFINE_integer("max_photos", 0, "faces/folder: stop after this many new photos "
                      "(0: all); a rerun resumes.")
 
 
 def _photos_config(mode: str):
   """The PrepareConfig of `faces` / `folder` from the parsed flags."""
-  from tfsym3d.data import photos  # pylint: disable=g-import-not-at-top
   from tfsym3d.data import sources  # pylint: disable=g-import-not-at-top
   try:
     fractions = tuple(float(f) for f in FLAGS.split_fractions)
@@ -533,12 +533,9 @@ def _photos_config(mode: str):
     raise app.UsageError(str(error)) from None
   return photos.PrepareConfig(
       mode=mode, image_size=FLAGS.image_size, split_fractions=fractions,
-      faces=FLAGS.faces, min_face_size=FLAGS.min_face_size,
-      min_face_score=FLAGS.min_face_score, crop_scale=FLAGS.crop_scale,
       crop=list(crop) if isinstance(crop, tuple) else crop,
-      min_sharpness=FLAGS.min_sharpness,
-      near_duplicate_bits=FLAGS.near_duplicate_bits,
-      max_pixels=FLAGS.max_image_pixels)
+      max_pixels=FLAGS.max_image_pixels,
+      **{name: getattr(FLAGS, name) for name in _PHOTO_HELP})
 
 
 # --layout=records: faces and folder choose, deduplicate and split their crops
@@ -575,7 +572,6 @@ def prepare_own_photos(src, out, config, layout: str = "folder", shard_size: int
   Raises what `photos.prepare_photos` raises, and app.UsageError for a bad
   layout.
   """
-  from tfsym3d.data import photos  # pylint: disable=g-import-not-at-top
   out = pathlib.Path(out)
   if layout == "folder":
     return photos.prepare_photos(src, out, config, detector, max_photos, progress)
@@ -597,7 +593,6 @@ def prepare_own_photos(src, out, config, layout: str = "folder", shard_size: int
 
 def _own_photos(mode: str):
   """The `faces` and `folder` subcommands."""
-  from tfsym3d.data import photos  # pylint: disable=g-import-not-at-top
   if not FLAGS.src or not FLAGS.out:
     raise app.UsageError(f"{mode}: set --src PHOTOS and --out DIR")
   config = _photos_config(mode)

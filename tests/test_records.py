@@ -199,3 +199,21 @@ def test_prepare_folder_records_read_back_like_the_folder_layout(tmp_path):
              for r in tf.data.TFRecordDataset(files)]
     crops = tmp_path / "rec" / prepare.PHOTO_CROPS / split
     assert names == sorted(p.stem for p in crops.glob("*.png")), split
+
+
+def test_corrupt_record_is_skipped_and_the_next_shard_still_read(tmp_path):
+  _write(tmp_path, num=12, shard_size=6)
+  shard = tmp_path / "train" / "shard-00000.tfrecord"
+  data = bytearray(shard.read_bytes())
+  offset = 0
+  for _ in range(3):    # past records 0-2: length (8), its CRC (4), data, CRC (4)
+    offset += 16 + int.from_bytes(data[offset:offset + 8], "little")
+  data[offset + 12 + 20] ^= 0xFF          # a byte inside record 3's data
+  shard.write_bytes(bytes(data))          # same size: only the CRC can tell
+  images = np.concatenate([b.numpy() for b in
+                           records.eval_dataset(str(tmp_path), "train", 8, 5)])
+  # Records 0-2 of the damaged shard, then all of the next one.
+  assert images.shape == (9, 8, 8, 3)
+  data_source = sources.DataSource("records", data_dir=str(tmp_path), image_size=8,
+                                   batch_size=2, seed=0)
+  assert len([b for b in data_source.train_stream(0, 4).take(8)]) == 8

@@ -88,7 +88,11 @@ class PrepareConfig:
   near_duplicate_bits: int = 4
   max_pixels: int = images.DEFAULT_MAX_PIXELS
 
+  def __post_init__(self):
+    self.validate()
+
   def validate(self) -> None:
+    """Raises ValueError naming the flag of a bad setting."""
     if self.mode not in ("faces", "folder"):
       raise ValueError(f"mode={self.mode!r}: 'faces' or 'folder'")
     if self.faces not in ("largest", "all"):

@@ -154,6 +154,26 @@ def test_faces_finds_the_heads_and_resumes(tmp_path, detector):
   assert len(folders.list_images(out, "train")) >= 1
 
 
+def test_faces_records_hold_the_folder_crops(tmp_path, detector):
+  from tfsym3d.data import prepare, records
+  src = tmp_path / "photos"
+  make_photos(src, count=5, width=320)
+  config = photos.PrepareConfig(mode="faces", image_size=16, min_face_score=0.5,
+                                faces="all", min_face_size=30)
+  folder = prepare.prepare_own_photos(src, tmp_path / "folder", config, detector=detector,
+                                      progress=False)
+  rec = prepare.prepare_own_photos(src, tmp_path / "rec", config, "records", shard_size=2,
+                                   detector=detector, progress=False)
+  assert folder["kept"] >= 3 and rec["records"] == folder["kept_by_split"]
+  for split, count in folder["kept_by_split"].items():
+    if count:
+      got = np.concatenate([b.numpy() for b in
+                            records.eval_dataset(str(tmp_path / "rec"), split, 16, 8)])
+      want = [np.asarray(Image.open(p)) for p in
+              sorted((tmp_path / "folder" / split).glob("*.png"))]
+      np.testing.assert_allclose((got + 1) * 127.5, np.stack(want), atol=1e-3)
+
+
 def test_other_settings_refuse_to_mix(tmp_path, detector):
   src = tmp_path / "photos"
   src.mkdir()

@@ -2,6 +2,10 @@
 
 import io
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -217,3 +221,20 @@ def test_corrupt_record_is_skipped_and_the_next_shard_still_read(tmp_path):
   data_source = sources.DataSource("records", data_dir=str(tmp_path), image_size=8,
                                    batch_size=2, seed=0)
   assert len([b for b in data_source.train_stream(0, 4).take(8)]) == 8
+
+
+def test_prepare_folder_cli_writes_records(tmp_path):
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  src = tmp_path / "src"
+  _photos(src, 6, np.random.default_rng(6))
+  result = subprocess.run(
+      [sys.executable, "-m", "tfsym3d.data.prepare", "folder", f"--src={src}",
+       f"--out={tmp_path / 'out'}", "--image_size=16", "--layout=records",
+       "--shard_size=2", "--noprogress", "--json"],
+      capture_output=True, text=True, cwd=repo, timeout=300,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(repo)))
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report["records"] == report["kept_by_split"] and report["kept"] == 6
+  assert sum(records.split_size(str(tmp_path / "out"), s)
+             for s in ("train", "val", "test")) == 6

@@ -64,7 +64,9 @@ flags.DEFINE_string("preview", None,
                     "Instead of writing a dataset, save a PNG grid of samples "
                     "(input image, input depth, canonical albedo, canonical depth).")
 flags.DEFINE_integer("preview_num", 8, "Samples in the --preview grid.")
-flags.DEFINE_string("src", None, "celeba: root of the CelebA release (holds Img/, Anno/, Eval/).")
+flags.DEFINE_string("src", None, "celeba: root of the CelebA release (holds Img/, "
+                    "Anno/, Eval/); faces/folder: the folder of photos (scanned "
+                    "recursively).")
 flags.DEFINE_enum("celeba_crop", "landmarks", ["landmarks", "bbox"],
                   "celeba: square crop around the five landmarks, or around the "
                   "annotated box (in-the-wild images only).")
@@ -191,16 +193,23 @@ def open_sink(fmt: str, out, split: str, names, has_depth: bool = False,
   raise app.UsageError(f"--layout={fmt!r}: use folder or records")
 
 
-def split_counts(num: int, fractions) -> dict:
-  """Samples per split: floor of each fraction, the remainder to train."""
+def parse_fractions(fractions) -> tuple:
+  """--split_fractions as three floats; app.UsageError saying the fix."""
+  text = ",".join(str(f) for f in fractions)
   try:
-    values = [float(f) for f in fractions]
+    values = tuple(float(f) for f in fractions)
   except ValueError as e:
-    raise app.UsageError(f"--split_fractions={','.join(fractions)}: {e}; "
+    raise app.UsageError(f"--split_fractions={text}: {e}; "
                          "give three numbers, e.g. 0.8,0.1,0.1") from None
   if len(values) != 3 or min(values) < 0 or sum(values) <= 0:
-    raise app.UsageError(f"--split_fractions={','.join(fractions)}: need three "
+    raise app.UsageError(f"--split_fractions={text}: need three "
                          "non-negative numbers for train,val,test, e.g. 0.8,0.1,0.1")
+  return values
+
+
+def split_counts(num: int, fractions) -> dict:
+  """Samples per split: floor of each fraction, the remainder to train."""
+  values = parse_fractions(fractions)
   total = sum(values)
   counts = {s: int(num * v / total) for s, v in zip(SPLITS, values)}
   counts["train"] += num - sum(counts.values())
@@ -526,16 +535,19 @@ flags.DEFINE_integer("max_photos", 0, "faces/folder: stop after this many new ph
 def _photos_config(mode: str):
   """The PrepareConfig of `faces` / `folder` from the parsed flags."""
   from tfsym3d.data import sources  # pylint: disable=g-import-not-at-top
+  fractions = parse_fractions(FLAGS.split_fractions)
   try:
-    fractions = tuple(float(f) for f in FLAGS.split_fractions)
     crop = sources.parse_crop(FLAGS.crop)
   except ValueError as error:
     raise app.UsageError(str(error)) from None
-  return photos.PrepareConfig(
-      mode=mode, image_size=FLAGS.image_size, split_fractions=fractions,
-      crop=list(crop) if isinstance(crop, tuple) else crop,
-      max_pixels=FLAGS.max_image_pixels,
-      **{name: getattr(FLAGS, name) for name in _PHOTO_HELP})
+  try:
+    return photos.PrepareConfig(
+        mode=mode, image_size=FLAGS.image_size, split_fractions=fractions,
+        crop=list(crop) if isinstance(crop, tuple) else crop,
+        max_pixels=FLAGS.max_image_pixels,
+        **{name: getattr(FLAGS, name) for name in _PHOTO_HELP})
+  except ValueError as error:
+    raise app.UsageError(str(error)) from None
 
 
 # --layout=records: faces and folder choose, deduplicate and split their crops

@@ -50,6 +50,7 @@ _DETECTOR_FLOOR = 0.3
 _DECODE_MIN_SIDE = 1536
 _PREVIEW_MAX = 64
 _SAVE_EVERY = 20
+_SAVE_FRACTION = 20
 REASONS = ("no_face", "low_score", "face_too_small", "too_small", "blurry",
            "duplicate", "near_duplicate", "unreadable", "too_large",
            "unsupported_format")
@@ -429,15 +430,21 @@ def prepare_photos(src, out, config: PrepareConfig, detector=None,
   todo = [rel for rel in sources if rel not in done]
   if max_photos:
     todo = todo[:max_photos]
-  for i, rel in enumerate(tqdm(todo, desc=f"prepare {config.mode}", unit="photo",
-                               file=sys.stderr, disable=not progress or not todo)):
+  unsaved = 0
+  for rel in tqdm(todo, desc=f"prepare {config.mode}", unit="photo",
+                  file=sys.stderr, disable=not progress or not todo):
     entry = _process(config, src, rel, splits[rel], detector, kept_hashes,
                      content_seen)
     for crop, picture in zip(entry["crops"], entry.pop("_images", [])):
       _write_png(picture, out / crop["name"])
     done[rel] = entry
-    if (i + 1) % _SAVE_EVERY == 0:
+    unsaved += 1
+    # The state is rewritten whole, so saves are spaced in proportion to
+    # its size: the total written stays linear in the photos, and a crash
+    # redoes at most 1 / _SAVE_FRACTION of the work done.
+    if unsaved >= max(_SAVE_EVERY, len(done) // _SAVE_FRACTION):
       _save_state(out, state)
+      unsaved = 0
   _save_state(out, state)
   report = _report(state, sources, others, out)
   (out / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")

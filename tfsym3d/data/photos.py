@@ -251,6 +251,15 @@ def folder_square(width: int, height: int, crop) -> Optional[Tuple[float, float,
   return left, top, w, h
 
 
+def _file_digest(path: pathlib.Path) -> str:
+  """sha256 of a file, read in blocks (memory bounded whatever its size)."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
 def _safe_name(relative: str) -> str:
   stem = os.path.splitext(relative)[0]
   return re.sub(r"[^A-Za-z0-9._-]+", "_", stem.replace("/", "__")) or "image"
@@ -340,7 +349,7 @@ def _process(config: PrepareConfig, src: pathlib.Path, rel: str, split: str, det
   """One source: returns its state entry (crops to write are in '_images')."""
   path = src / rel
   entry = {"crops": [], "skipped": [], "split": split}
-  digest = hashlib.sha256(path.read_bytes()).hexdigest()
+  digest = _file_digest(path)
   entry["sha256"] = digest
   if digest in content_seen:
     entry["skipped"].append(["duplicate", f"same bytes as {content_seen[digest]}"])

@@ -167,6 +167,12 @@ def test_prepare_folder_records_read_back_like_the_folder_layout(tmp_path):
   _photos(src, 14, np.random.default_rng(4))
   config = photos.PrepareConfig(mode="folder", image_size=16, crop=40)
   folder = prepare.prepare_own_photos(src, tmp_path / "folder", config, progress=False)
+  # Interrupted after 5 photos: no records until every photo is in.
+  part = prepare.prepare_own_photos(src, tmp_path / "rec", config, "records",
+                                    shard_size=3, max_photos=5, progress=False)
+  assert part["pending"] == 9 and part["records"] is None
+  assert not list((tmp_path / "rec").glob("*/index.json"))
+  assert "not written yet" in photos.format_report(part)
   rec = prepare.prepare_own_photos(src, tmp_path / "rec", config, "records",
                                    shard_size=3, progress=False)
   assert rec["records"] == folder["kept_by_split"]

@@ -2,6 +2,10 @@
 
 import io
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -148,3 +152,95 @@ def test_prepare_celeba_records_match_the_folder_crops_and_resume(tmp_path):
     for image, name in zip(got, names):
       want = np.asarray(Image.open(tmp_path / "folder" / split / f"{name}.png"))
       np.testing.assert_allclose((image + 1) * 127.5, want, atol=1e-3)
+
+
+def _photos(root, count, rng):
+  root.mkdir(parents=True, exist_ok=True)
+  for i in range(count):
+    coarse = rng.integers(0, 255, (5, 6, 3), np.uint8)
+    Image.fromarray(coarse).resize((60, 50), Image.BILINEAR).save(root / f"p{i:02d}.png")
+
+
+def test_prepare_folder_records_read_back_like_the_folder_layout(tmp_path):
+  from tfsym3d.data import photos, prepare
+  src = tmp_path / "src"
+  _photos(src, 14, np.random.default_rng(4))
+  config = photos.PrepareConfig(mode="folder", image_size=16, crop=40)
+  folder = prepare.prepare_own_photos(src, tmp_path / "folder", config, progress=False)
+  # Interrupted after 5 photos: no records until every photo is in.
+  part = prepare.prepare_own_photos(src, tmp_path / "rec", config, "records",
+                                    shard_size=3, max_photos=5, progress=False)
+  assert part["pending"] == 9 and part["records"] is None
+  assert not list((tmp_path / "rec").glob("*/index.json"))
+  assert "not written yet" in photos.format_report(part)
+  rec = prepare.prepare_own_photos(src, tmp_path / "rec", config, "records",
+                                   shard_size=3, progress=False)
+  assert rec["records"] == folder["kept_by_split"]
+  assert rec["kept"] == folder["kept"] == 14
+  assert (tmp_path / "rec" / photos.REPORT_NAME).is_file()
+  assert (tmp_path / "rec" / photos.PREVIEW_NAME).is_file()
+  data = sources.DataSource("records", data_dir=str(tmp_path / "rec"), image_size=16,
+                            batch_size=4)
+  data.check()
+  assert data.train_size() == folder["kept_by_split"]["train"]
+  for split in photos.SPLITS:
+    want = sorted((tmp_path / "folder" / split).glob("*.png"))
+    assert want, split                       # every split has a photo here
+    got = np.concatenate([b.numpy() for b in data.eval_dataset(split)])
+    assert len(got) == len(want)
+    for image, path in zip(got, want):
+      np.testing.assert_allclose((image + 1) * 127.5, np.asarray(Image.open(path)),
+                                 atol=1e-3)
+  # A rerun resumes: nothing is rewritten.
+  shards = {p: p.stat().st_mtime_ns for p in (tmp_path / "rec").glob("*/shard-*")}
+  again = prepare.prepare_own_photos(src, tmp_path / "rec", config, "records",
+                                     shard_size=3, progress=False)
+  assert again["records"] == rec["records"]
+  assert {p: p.stat().st_mtime_ns for p in shards} == shards
+  # More photos: the splits' lists change and their records are rewritten.
+  _photos(src / "more", 3, np.random.default_rng(5))
+  grown = prepare.prepare_own_photos(src, tmp_path / "rec", config, "records",
+                                     shard_size=3, progress=False)
+  assert sum(grown["records"].values()) == 17
+  spec = {"name": tf.io.FixedLenFeature([], tf.string)}
+  for split in photos.SPLITS:
+    files = records.open_split(str(tmp_path / "rec"), split).files
+    names = [tf.io.parse_single_example(r, spec)["name"].numpy().decode()
+             for r in tf.data.TFRecordDataset(files)]
+    crops = tmp_path / "rec" / prepare.PHOTO_CROPS / split
+    assert names == sorted(p.stem for p in crops.glob("*.png")), split
+
+
+def test_corrupt_record_is_skipped_and_the_next_shard_still_read(tmp_path):
+  _write(tmp_path, num=12, shard_size=6)
+  shard = tmp_path / "train" / "shard-00000.tfrecord"
+  data = bytearray(shard.read_bytes())
+  offset = 0
+  for _ in range(3):    # past records 0-2: length (8), its CRC (4), data, CRC (4)
+    offset += 16 + int.from_bytes(data[offset:offset + 8], "little")
+  data[offset + 12 + 20] ^= 0xFF          # a byte inside record 3's data
+  shard.write_bytes(bytes(data))          # same size: only the CRC can tell
+  images = np.concatenate([b.numpy() for b in
+                           records.eval_dataset(str(tmp_path), "train", 8, 5)])
+  # Records 0-2 of the damaged shard, then all of the next one.
+  assert images.shape == (9, 8, 8, 3)
+  data_source = sources.DataSource("records", data_dir=str(tmp_path), image_size=8,
+                                   batch_size=2, seed=0)
+  assert len([b for b in data_source.train_stream(0, 4).take(8)]) == 8
+
+
+def test_prepare_folder_cli_writes_records(tmp_path):
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  src = tmp_path / "src"
+  _photos(src, 6, np.random.default_rng(6))
+  result = subprocess.run(
+      [sys.executable, "-m", "tfsym3d.data.prepare", "folder", f"--src={src}",
+       f"--out={tmp_path / 'out'}", "--image_size=16", "--layout=records",
+       "--shard_size=2", "--noprogress", "--json"],
+      capture_output=True, text=True, cwd=repo, timeout=300,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(repo)))
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report["records"] == report["kept_by_split"] and report["kept"] == 6
+  assert sum(records.split_size(str(tmp_path / "out"), s)
+             for s in ("train", "val", "test")) == 6

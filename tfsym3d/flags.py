@@ -10,6 +10,7 @@ import dataclasses
 from absl import flags
 
 from tfsym3d.config import RASTERIZER_BACKENDS, ModelConfig, TrainConfig
+from tfsym3d.data import images
 
 FLAGS = flags.FLAGS
 
@@ -54,13 +55,16 @@ _MODEL_HELP = {
 }
 
 
-def _define_model_flags():
-  for field in dataclasses.fields(ModelConfig):
-    name, default, help_text = field.name, field.default, _MODEL_HELP[field.name]
-    if name == "rasterizer":
-      flags.DEFINE_enum(name, default, RASTERIZER_BACKENDS, help_text)
-    elif name == "vgg_input":
-      flags.DEFINE_enum(name, default, ["caffe", "torch"], help_text)
+def define_config_flags(config_class, help_texts: dict, enums: dict = None) -> None:
+  """Defines one flag per field of a config dataclass named in `help_texts`
+  (the field's name, default and type; `enums`: {name: choices})."""
+  enums = enums or {}
+  for field in dataclasses.fields(config_class):
+    if field.name not in help_texts:
+      continue
+    name, default, help_text = field.name, field.default, help_texts[field.name]
+    if name in enums:
+      flags.DEFINE_enum(name, default, list(enums[name]), help_text)
     elif isinstance(default, bool):
       flags.DEFINE_bool(name, default, help_text)
     elif isinstance(default, int):
@@ -71,7 +75,8 @@ def _define_model_flags():
       flags.DEFINE_string(name, default, help_text)
 
 
-_define_model_flags()
+define_config_flags(ModelConfig, _MODEL_HELP,
+                    {"rasterizer": RASTERIZER_BACKENDS, "vgg_input": ["caffe", "torch"]})
 
 
 def model_config() -> ModelConfig:
@@ -99,6 +104,10 @@ flags.DEFINE_string("data_dir", None, "Dataset root for --dataset=folder, paired
                     "or records.")
 flags.DEFINE_string("crop", None, "Crop before resizing: none (empty), an int c (centre "
                     "c x c) or 'top,left,height,width'.")
+flags.DEFINE_integer("max_image_pixels", images.DEFAULT_MAX_PIXELS, "Images with "
+                     "more pixels are refused before decoding: skipped as too_large "
+                     "by prepare faces/folder, skipped with a message by reconstruct "
+                     "(0: no limit).")
 flags.DEFINE_integer("batch_size", 64, "Global batch size, split over the replicas.")
 flags.DEFINE_integer("val_images", 512, "Validation images per epoch (0: no validation).")
 flags.DEFINE_integer("eval_images", 1000, "Held-out test images the training job "

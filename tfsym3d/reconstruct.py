@@ -295,8 +295,10 @@ def _unique_name(path: str, taken: set) -> str:
 
 def run(predictor, inputs: Sequence[str], output: str, light_directions,
         gif_frames: int = 15, face_detector=None, face_margin: float = 0.4,
-        sheet_cell: int = 128, progress: bool = True) -> Dict:
-  """Reconstructs every readable image of `inputs` into `output`.
+        sheet_cell: int = 128, progress: bool = True,
+        max_pixels: int = images.DEFAULT_MAX_PIXELS) -> Dict:
+  """Reconstructs every readable image of `inputs` into `output`; images of
+  more than `max_pixels` pixels are skipped undecoded.
 
   Returns a summary: written (name, source) pairs, skipped (path, reason)
   pairs, images without a face (with a face detector), the sheet's path.
@@ -310,7 +312,7 @@ def run(predictor, inputs: Sequence[str], output: str, light_directions,
   for path in tqdm(files, desc="reconstruct", unit="image", file=sys.stderr,
                    disable=not progress):
     try:
-      image = read_image(path)
+      image = read_image(path, max_pixels)
     except ValueError as error:
       logging.warning("skipping %s: %s", path, error)
       skipped.append((path, str(error)))
@@ -366,7 +368,8 @@ def main(argv):
                predictor.config.image_size)
   summary = run(predictor, FLAGS.input, FLAGS.output, directions, FLAGS.gif_frames,
                 detector, FLAGS.face_margin, FLAGS.sheet_cell,
-                progress=FLAGS.progress and not FLAGS.json)
+                progress=FLAGS.progress and not FLAGS.json,
+                max_pixels=FLAGS.max_image_pixels)
   if FLAGS.json:
     sys.stdout.write(json.dumps(summary) + "\n")
   else:

@@ -2,7 +2,7 @@
 `python -m tfsym3d.data.prepare faces|folder --src PHOTOS --out DIR`.
 
 `faces` finds faces with BlazeFace (`tfsym3d.face_crop`) and frames each like
-our CelebA preparation (`prepare.landmark_box`: a square centred halfway
+our CelebA preparation (`framing.face_square`, as `framing.landmark_box`: a square centred halfway
 between the eyes' midpoint and the mouth, of side LANDMARK_SIDE x max(eye
 distance, eye-to-mouth distance)), so configs/faces.cfg's framing holds.
 `folder` takes a centre or fixed-box crop of every image (pre-framed
@@ -12,7 +12,8 @@ Both: every file under --src is scanned recursively; crops are resized with
 Pillow's antialiased LANCZOS to --image_size and written as
 <out>/<split>/<source path>_<k>.png. The split of a source is decided by a
 hash of its relative path (all crops of one photo land in one split, stable
-when photos are added). Exact duplicate sources (same bytes) and near
+when photos are added), and with three photos or more every split gets at
+least one (`assign_splits`). Exact duplicate sources (same bytes) and near
 duplicate crops (difference hash within a Hamming distance) are dropped; an
 optional sharpness floor drops blurry crops. `<out>/.prepare_state.json`
 records every finished source, so a rerun (after a crash or with more
@@ -33,6 +34,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from tfsym3d.data import framing
 from tfsym3d.data import images
 
 SPLITS = ("train", "val", "test")
@@ -48,6 +50,7 @@ _DETECTOR_FLOOR = 0.3
 _DECODE_MIN_SIDE = 1536
 _PREVIEW_MAX = 64
 _SAVE_EVERY = 20
+_SAVE_FRACTION = 20
 REASONS = ("no_face", "low_score", "face_too_small", "too_small", "blurry",
            "duplicate", "near_duplicate", "unreadable", "too_large",
            "unsupported_format")
@@ -86,7 +89,11 @@ class PrepareConfig:
   near_duplicate_bits: int = 4
   max_pixels: int = images.DEFAULT_MAX_PIXELS
 
+  def __post_init__(self):
+    self.validate()
+
   def validate(self) -> None:
+    """Raises ValueError naming the flag of a bad setting."""
     if self.mode not in ("faces", "folder"):
       raise ValueError(f"mode={self.mode!r}: 'faces' or 'folder'")
     if self.faces not in ("largest", "all"):
@@ -102,17 +109,116 @@ class PrepareConfig:
 
 # ---------------------------------------------------------------- pieces ----
 
-def split_of(relative_path: str, fractions: Sequence[float]) -> str:
-  """The split of a source, from a hash of its relative path alone."""
+def _unit(relative_path: str) -> float:
+  """A source's position in [0, 1), from a hash of its relative path."""
   digest = hashlib.sha1(relative_path.encode("utf-8")).digest()
-  u = int.from_bytes(digest[:8], "big") / 2 ** 64
-  total = float(sum(fractions))
-  edge = 0.0
+  return int.from_bytes(digest[:8], "big") / 2 ** 64
+
+
+def _intervals(fractions: Sequence[float]) -> Dict[str, Tuple[float, float]]:
+  """Each split's share [lo, hi) of [0, 1)."""
+  total, edge, out = float(sum(fractions)), 0.0, {}
   for split, fraction in zip(SPLITS, fractions):
+    out[split] = (edge, edge + fraction / total)
     edge += fraction / total
-    if u < edge:
+  return out
+
+
+def split_of(relative_path: str, fractions: Sequence[float]) -> str:
+  """The split a source's hash falls in (before `assign_splits` fills empty
+  splits)."""
+  u = _unit(relative_path)
+  for split, (_, hi) in _intervals(fractions).items():
+    if u < hi:
       return split
   return SPLITS[-1]
+
+
+def assign_splits(sources: Sequence[str], fractions: Sequence[float],
+                  fixed: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+  """The split of every source photo (all crops of a photo go there).
+
+  Each photo goes where the hash of its relative path falls (`split_of`).
+  With at least three photos, a split of positive fraction left without any
+  then takes one photo: of those not in `fixed` and in a split holding two
+  or more, the one whose hash lies nearest its share (ties by path). The
+  result depends only on the set of paths, so an interrupted run resumes
+  with the same assignment.
+
+  Args:
+    sources: relative paths of the image files.
+    fractions: (train, val, test).
+    fixed: splits decided by an earlier run (photos already written); kept
+      as they are, never moved.
+  """
+  fixed = dict(fixed or {})
+  assignment = {rel: fixed.get(rel) or split_of(rel, fractions) for rel in sources}
+  if len(assignment) < len(SPLITS):
+    return assignment
+  counts = {s: 0 for s in SPLITS}
+  for split in assignment.values():
+    counts[split] += 1
+  intervals = _intervals(fractions)
+  for split, fraction in zip(SPLITS, fractions):
+    if fraction <= 0 or counts[split]:
+      continue
+    lo, hi = intervals[split]
+    movable = [rel for rel in sorted(assignment)
+               if rel not in fixed and counts[assignment[rel]] >= 2]
+    if not movable:
+      continue
+    distance = lambda rel: max(lo - _unit(rel), _unit(rel) - hi, 0.0)  # pylint: disable=cell-var-from-loop
+    chosen = min(movable, key=lambda rel: (distance(rel), rel))
+    counts[assignment[chosen]] -= 1
+    counts[split] += 1
+    assignment[chosen] = split
+  return assignment
+
+
+class NearDuplicates:
+  """Kept crops' 64-bit difference hashes, indexed for near-duplicate lookup.
+
+  Two hashes differing in at most `bits` bits agree exactly on at least one
+  of `bits` + 1 disjoint bands of their bits (pigeonhole), so a lookup
+  compares the query only with the kept hashes sharing a band with it, not
+  with every kept crop. The answer is the earliest kept crop within `bits`,
+  as a scan of all of them in order would give.
+  """
+
+  def __init__(self, bits: int):
+    self.bits = bits
+    bands = min(bits + 1, 64) if bits >= 0 else 1
+    edges = [round(64 * k / bands) for k in range(bands + 1)]
+    self._bands = list(zip(edges[:-1], edges[1:]))
+    self._tables: List[Dict[int, List[int]]] = [{} for _ in self._bands]
+    self._kept: Dict[int, Tuple[int, str]] = {}   # hash -> (order kept, name)
+
+  def _keys(self, dhash: int):
+    return [(dhash >> lo) & ((1 << (hi - lo)) - 1) for lo, hi in self._bands]
+
+  def add(self, dhash: int, name: str) -> None:
+    """Records a kept crop's hash (a hash seen before keeps its place)."""
+    if dhash in self._kept:
+      self._kept[dhash] = (self._kept[dhash][0], name)
+      return
+    self._kept[dhash] = (len(self._kept), name)
+    for table, key in zip(self._tables, self._keys(dhash)):
+      table.setdefault(key, []).append(dhash)
+
+  def find(self, dhash: int) -> Optional[str]:
+    """The name of the earliest kept crop within `bits` of dhash, or None."""
+    if self.bits < 0:
+      return None
+    if self.bits >= 64:
+      candidates = set(self._kept)
+    else:
+      candidates = set()
+      for table, key in zip(self._tables, self._keys(dhash)):
+        candidates.update(table.get(key, ()))
+    close = [h for h in candidates if bin(h ^ dhash).count("1") <= self.bits]
+    if not close:
+      return None
+    return self._kept[min(close, key=lambda h: self._kept[h][0])][1]
 
 
 def difference_hash(image: np.ndarray) -> int:
@@ -130,34 +236,6 @@ def sharpness(image: np.ndarray) -> float:
   return float(lap.var())
 
 
-def face_square(face: np.ndarray, scale: float = 1.0) -> Tuple[float, float, float]:
-  """(centre_x, centre_y, side) of the CelebA landmark framing from one
-  BlazeFace row [17] (score, box, 6 key points), in image pixels.
-
-  BlazeFace has no mouth corners, only the mouth centre, which is the
-  midpoint `prepare.landmark_box` computes from the corners: the same square.
-  """
-  prepare = _celeba_module()
-  points = np.asarray(face[5:17], np.float64).reshape(6, 2)
-  eye_a, eye_b, mouth = points[0], points[1], points[3]
-  eyes = (eye_a + eye_b) / 2
-  centre = (eyes + mouth) / 2
-  extent = max(np.linalg.norm(eye_a - eye_b), np.linalg.norm(mouth - eyes), 1.0)
-  return centre[0], centre[1], prepare.LANDMARK_SIDE * scale * extent
-
-
-def _celeba_module():
-  """tfsym3d.data.prepare, whose CelebA framing (LANDMARK_SIDE, crop_square)
-  is reused here. Under `python -m tfsym3d.data.prepare` that module is
-  __main__; importing it again by name would define its flags twice."""
-  main = sys.modules.get("__main__")
-  spec = getattr(main, "__spec__", None)
-  if spec is not None and spec.name == "tfsym3d.data.prepare":
-    return main
-  from tfsym3d.data import prepare  # pylint: disable=g-import-not-at-top
-  return prepare
-
-
 def folder_square(width: int, height: int, crop) -> Optional[Tuple[float, float, float, float]]:
   """(x0, y0, w, h) of the folder crop, or None when it does not fit."""
   if crop is None:
@@ -171,6 +249,15 @@ def folder_square(width: int, height: int, crop) -> Optional[Tuple[float, float,
   if top + h > height or left + w > width:
     return None
   return left, top, w, h
+
+
+def _file_digest(path: pathlib.Path) -> str:
+  """sha256 of a file, read in blocks (memory bounded whatever its size)."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
 
 
 def _safe_name(relative: str) -> str:
@@ -251,19 +338,18 @@ def _candidates(config: PrepareConfig, image: np.ndarray, scale: float, detector
     if size < config.min_face_size:
       reasons.append("face_too_small")
       continue
-    cx, cy, side = face_square(face, config.crop_scale)
+    cx, cy, side = framing.face_square(face, config.crop_scale)
     squares.append((cx, cy, side, side))
     boxes.append([float(v * scale) for v in face[1:5]])
   return squares, reasons, boxes
 
 
-def _process(config: PrepareConfig, src: pathlib.Path, rel: str, detector,
-             kept_hashes: Dict[int, str], content_seen: Dict[str, str]) -> dict:
+def _process(config: PrepareConfig, src: pathlib.Path, rel: str, split: str, detector,
+             kept_hashes: NearDuplicates, content_seen: Dict[str, str]) -> dict:
   """One source: returns its state entry (crops to write are in '_images')."""
-  prepare = _celeba_module()
   path = src / rel
-  entry = {"crops": [], "skipped": [], "split": split_of(rel, config.split_fractions)}
-  digest = hashlib.sha256(path.read_bytes()).hexdigest()
+  entry = {"crops": [], "skipped": [], "split": split}
+  digest = _file_digest(path)
   entry["sha256"] = digest
   if digest in content_seen:
     entry["skipped"].append(["duplicate", f"same bytes as {content_seen[digest]}"])
@@ -290,7 +376,7 @@ def _process(config: PrepareConfig, src: pathlib.Path, rel: str, detector,
   entry["_images"] = []
   for k, (cx, cy, bw, bh) in enumerate(squares):
     if config.mode == "faces":
-      crop = np.asarray(prepare.crop_square(pil, cx, cy, bw, config.image_size))
+      crop = np.asarray(framing.crop_square(pil, cx, cy, bw, config.image_size))
     else:
       box = (cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2)
       crop = np.asarray(pil.resize((config.image_size, config.image_size),
@@ -299,14 +385,12 @@ def _process(config: PrepareConfig, src: pathlib.Path, rel: str, detector,
       entry["skipped"].append(["blurry", f"crop {k}: sharpness {sharpness(crop):.1f}"])
       continue
     dhash = difference_hash(crop)
-    if config.near_duplicate_bits >= 0:
-      near = next((name for h, name in kept_hashes.items()
-                   if bin(h ^ dhash).count("1") <= config.near_duplicate_bits), None)
-      if near is not None:
-        entry["skipped"].append(["near_duplicate", f"crop {k} looks like {near}"])
-        continue
+    near = kept_hashes.find(dhash)
+    if near is not None:
+      entry["skipped"].append(["near_duplicate", f"crop {k} looks like {near}"])
+      continue
     name = f"{entry['split']}/{_safe_name(rel)}_{k}.png"
-    kept_hashes[dhash] = name
+    kept_hashes.add(dhash, name)
     crop_entry = {"name": name, "dhash": f"{dhash:016x}"}
     if k < len(boxes):
       crop_entry["face_box"] = boxes[k]
@@ -344,22 +428,32 @@ def prepare_photos(src, out, config: PrepareConfig, detector=None,
   state = _load_state(out, config)
   sources, others = list_sources(src)
   done = state["sources"]
-  kept_hashes, content_seen = {}, {}
+  kept_hashes = NearDuplicates(config.near_duplicate_bits)
+  content_seen = {}
   for rel, entry in sorted(done.items()):
     content_seen.setdefault(entry["sha256"], rel)
     for crop in entry["crops"]:
-      kept_hashes[int(crop["dhash"], 16)] = crop["name"]
+      kept_hashes.add(int(crop["dhash"], 16), crop["name"])
+  splits = assign_splits(sources, config.split_fractions,
+                         {rel: e["split"] for rel, e in done.items()})
   todo = [rel for rel in sources if rel not in done]
   if max_photos:
     todo = todo[:max_photos]
-  for i, rel in enumerate(tqdm(todo, desc=f"prepare {config.mode}", unit="photo",
-                               file=sys.stderr, disable=not progress or not todo)):
-    entry = _process(config, src, rel, detector, kept_hashes, content_seen)
+  unsaved = 0
+  for rel in tqdm(todo, desc=f"prepare {config.mode}", unit="photo",
+                  file=sys.stderr, disable=not progress or not todo):
+    entry = _process(config, src, rel, splits[rel], detector, kept_hashes,
+                     content_seen)
     for crop, picture in zip(entry["crops"], entry.pop("_images", [])):
       _write_png(picture, out / crop["name"])
     done[rel] = entry
-    if (i + 1) % _SAVE_EVERY == 0:
+    unsaved += 1
+    # The state is rewritten whole, so saves are spaced in proportion to
+    # its size: the total written stays linear in the photos, and a crash
+    # redoes at most 1 / _SAVE_FRACTION of the work done.
+    if unsaved >= max(_SAVE_EVERY, len(done) // _SAVE_FRACTION):
       _save_state(out, state)
+      unsaved = 0
   _save_state(out, state)
   report = _report(state, sources, others, out)
   (out / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
@@ -422,6 +516,10 @@ def format_report(report: dict) -> str:
   if report["unsupported_formats"]:
     lines.append("  formats not read: " + ", ".join(
         f"{ext} ({n})" for ext, n in sorted(report["unsupported_formats"].items())))
+  if report.get("records"):
+    lines.append("  records: " + " ".join(f"{s} {n}" for s, n in report["records"].items()))
+  elif "records" in report:
+    lines.append("  records: not written yet (photos pending; rerun to finish)")
   lines.append(f"  report: {report['out']}/{REPORT_NAME}, preview: "
                f"{report['out']}/{PREVIEW_NAME}")
   return "\n".join(lines)

@@ -21,8 +21,10 @@ about and skipped. --num, --seed and --split_fractions do not apply.
 
 --layout=records writes each split instead as shards of --shard_size
 TFRecords with an index (`tfsym3d.data.records`; train with
---dataset=records), resuming at the first unfinished shard. `celeba` and
-`synfaces` write through a `SplitSink` (`open_sink`).
+--dataset=records), resuming at the first unfinished shard. Every
+subcommand writes through a `SplitSink` (`open_sink`); `faces` and `folder`
+first prepare their crops as a folder under <out>/.crops (their resume
+state), then write each split's crops as records.
 
   python -m tfsym3d.data.prepare faces --src PHOTOS --out DIR [--image_size 64]
   python -m tfsym3d.data.prepare folder --src IMAGES --out DIR [--crop C]
@@ -34,11 +36,12 @@ TFRecords with an index (`tfsym3d.data.records`; train with
 """
 
 import concurrent.futures
+import hashlib
 import io
 import json
-import math
 import os
 import pathlib
+import shutil
 import sys
 
 from absl import app
@@ -47,8 +50,10 @@ from absl import logging
 import numpy as np
 from PIL import Image
 
+from tfsym3d.data.framing import BBOX_SIDE, LANDMARK_SIDE, bbox_box, crop_square, landmark_box  # noqa: F401  pylint: disable=unused-import
 # --image_size, --seed (and every shared flag) are defined once, in tfsym3d.flags.
-from tfsym3d import flags as _model_flags  # noqa: F401  pylint: disable=unused-import
+from tfsym3d import flags as _model_flags
+from tfsym3d.data import photos
 
 FLAGS = flags.FLAGS
 
@@ -59,7 +64,9 @@ flags.DEFINE_string("preview", None,
                     "Instead of writing a dataset, save a PNG grid of samples "
                     "(input image, input depth, canonical albedo, canonical depth).")
 flags.DEFINE_integer("preview_num", 8, "Samples in the --preview grid.")
-flags.DEFINE_string("src", None, "celeba: root of the CelebA release (holds Img/, Anno/, Eval/).")
+flags.DEFINE_string("src", None, "celeba: root of the CelebA release (holds Img/, "
+                    "Anno/, Eval/); faces/folder: the folder of photos (scanned "
+                    "recursively).")
 flags.DEFINE_enum("celeba_crop", "landmarks", ["landmarks", "bbox"],
                   "celeba: square crop around the five landmarks, or around the "
                   "annotated box (in-the-wild images only).")
@@ -96,8 +103,8 @@ def _encode(image, fmt: str) -> bytes:
 class SplitSink:
   """Where a subcommand writes one split: the folder layout or record shards.
 
-  The hook every image-writing subcommand uses (celeba, synfaces; faces and
-  folder wire in the same way):
+  The hook every image-writing subcommand uses (celeba, synfaces, and faces
+  and folder through `photo_records`):
 
       sink = open_sink(FLAGS.layout, out, split, num_items, has_depth=False,
                        image_format="jpg")
@@ -158,9 +165,11 @@ class FolderSink(SplitSink):
 class RecordSink(SplitSink):
   """Shards of TFRecords with an index (`tfsym3d.data.records`)."""
 
-  def __init__(self, out, split, num, shard_size, has_depth=False, image_format="jpg"):
+  def __init__(self, out, split, names, shard_size, has_depth=False, image_format="jpg"):
     from tfsym3d.data import records  # TensorFlow only when needed
-    self.writer = records.RecordSplitWriter(out, split, num, shard_size, has_depth)
+    key = hashlib.sha1("\n".join(names).encode("utf-8")).hexdigest()
+    self.writer = records.RecordSplitWriter(out, split, len(names), shard_size,
+                                            has_depth, key=key)
     self.fmt = image_format
 
   def needed(self, i):
@@ -178,22 +187,29 @@ def open_sink(fmt: str, out, split: str, names, has_depth: bool = False,
               image_format: str = "jpg", shard_size: int = 1000) -> SplitSink:
   """The SplitSink --layout names for a split of `names` (one per item, in order)."""
   if fmt == "records":
-    return RecordSink(out, split, len(names), shard_size, has_depth, image_format)
+    return RecordSink(out, split, list(names), shard_size, has_depth, image_format)
   if fmt == "folder":
     return FolderSink(out, split, names, has_depth, image_format)
   raise app.UsageError(f"--layout={fmt!r}: use folder or records")
 
 
-def split_counts(num: int, fractions) -> dict:
-  """Samples per split: floor of each fraction, the remainder to train."""
+def parse_fractions(fractions) -> tuple:
+  """--split_fractions as three floats; app.UsageError saying the fix."""
+  text = ",".join(str(f) for f in fractions)
   try:
-    values = [float(f) for f in fractions]
+    values = tuple(float(f) for f in fractions)
   except ValueError as e:
-    raise app.UsageError(f"--split_fractions={','.join(fractions)}: {e}; "
+    raise app.UsageError(f"--split_fractions={text}: {e}; "
                          "give three numbers, e.g. 0.8,0.1,0.1") from None
   if len(values) != 3 or min(values) < 0 or sum(values) <= 0:
-    raise app.UsageError(f"--split_fractions={','.join(fractions)}: need three "
+    raise app.UsageError(f"--split_fractions={text}: need three "
                          "non-negative numbers for train,val,test, e.g. 0.8,0.1,0.1")
+  return values
+
+
+def split_counts(num: int, fractions) -> dict:
+  """Samples per split: floor of each fraction, the remainder to train."""
+  values = parse_fractions(fractions)
   total = sum(values)
   counts = {s: int(num * v / total) for s, v in zip(SPLITS, values)}
   counts["train"] += num - sum(counts.values())
@@ -246,18 +262,6 @@ def write_synfaces_split(generator, out, split: str, count: int, fmt: str,
 # --------------------------------------------------------------------------
 # CelebA.
 
-# Landmark crop: a square centred halfway between the eyes' midpoint and the
-# mouth's midpoint, of side LANDMARK_SIDE x max(inter-ocular distance,
-# eye-to-mouth distance). Both distances are ~40 px in the aligned 178x218
-# images, so the side is ~120 px: eyebrows to chin, little background, eyes at
-# ~1/3 and mouth at ~2/3 of the height, like the reference's cropped 64 px
-# CelebA. The max keeps profile (short inter-ocular) and tilted (short
-# eye-to-mouth) faces from being cropped too tightly; both are invariant to
-# in-plane rotation, so the in-the-wild images crop alike.
-LANDMARK_SIDE = 3.0
-# Box crop: a square of side BBOX_SIDE x the longer side of CelebA's box,
-# centred on the box.
-BBOX_SIDE = 1.0
 JPEG_QUALITY = 95
 
 _LANDMARK_FILES = {"aligned": "list_landmarks_align_celeba",
@@ -322,51 +326,6 @@ def read_annotation(path, columns: int) -> dict:
   if not rows:
     raise ValueError(f"{path}: no annotation rows; is this a CelebA annotation file?")
   return rows
-
-
-def landmark_box(values, scale: float = 1.0):
-  """(centre_x, centre_y, side) of the landmark crop from the 10 coordinates
-  (left eye, right eye, nose, left mouth, right mouth; x, y each)."""
-  # Landmarks are pixel indices; + 0.5 puts them on the pixel centres.
-  p = np.asarray(values, np.float64).reshape(5, 2) + 0.5
-  eyes, mouth = (p[0] + p[1]) / 2, (p[3] + p[4]) / 2
-  centre = (eyes + mouth) / 2
-  extent = max(np.linalg.norm(p[0] - p[1]), np.linalg.norm(mouth - eyes))
-  return centre[0], centre[1], LANDMARK_SIDE * scale * max(extent, 1.0)
-
-
-def bbox_box(values, scale: float = 1.0):
-  """(centre_x, centre_y, side) of the square around a CelebA box (x, y, w, h):
-  (x, y) is the top-left pixel, so the box spans x .. x + w in corner units."""
-  x, y, w, h = values
-  return x + w / 2, y + h / 2, BBOX_SIDE * scale * max(w, h, 1.0)
-
-
-def crop_square(image, cx: float, cy: float, side: float, size: int):
-  """The square (cx, cy, side) of a PIL image, resized to size x size.
-
-  Coordinates are in pixel units with (0, 0) the top-left corner of the
-  top-left pixel. Parts outside the image repeat the edge pixels (no black
-  bars for the network to learn). The resize is Pillow's antialiased LANCZOS,
-  on the exact (sub-pixel) box.
-  """
-  x0, y0 = cx - side / 2, cy - side / 2
-  # Integer region holding the box, padded where it leaves the image.
-  left, top = math.floor(x0), math.floor(y0)
-  right, bottom = math.ceil(x0 + side), math.ceil(y0 + side)
-  w, h = image.size
-  if left < 0 or top < 0 or right > w or bottom > h:
-    # Clamped indices repeat the edge rows and columns.
-    xs = np.clip(np.arange(left, right), 0, w - 1)
-    ys = np.clip(np.arange(top, bottom), 0, h - 1)
-    region = Image.fromarray(np.asarray(image)[ys][:, xs])
-    offset_x, offset_y = left, top
-  else:
-    region, offset_x, offset_y = image, 0, 0
-  rw, rh = region.size
-  box = (max(x0 - offset_x, 0.0), max(y0 - offset_y, 0.0),
-         min(x0 + side - offset_x, float(rw)), min(y0 + side - offset_y, float(rh)))
-  return region.resize((size, size), Image.Resampling.LANCZOS, box=box)
 
 
 def _write_atomic(image, path: pathlib.Path, fmt: str):
@@ -554,60 +513,104 @@ def celeba():
 # Own photos: `faces` (BlazeFace, CelebA framing) and `folder` (centre or box
 # crop); the logic is in tfsym3d.data.photos.
 
-flags.DEFINE_enum("faces", "largest", ["largest", "all"],
-                  "faces: crop the largest face of each photo, or every face "
-                  "passing --min_face_size and --min_face_score.")
-flags.DEFINE_integer("min_face_size", 40, "faces: smallest face box kept (longer "
-                     "side, pixels of the source photo).")
-flags.DEFINE_float("min_face_score", 0.7, "faces: BlazeFace score threshold.")
-flags.DEFINE_float("crop_scale", 1.0, "faces: multiplies the CelebA-framed crop "
-                   "side; above 1 keeps more context (the margin).")
-flags.DEFINE_float("min_sharpness", 0.0, "faces/folder: drop crops whose Laplacian "
-                   "variance (grey, 0..255) is below this; 0: off (try 20).")
-flags.DEFINE_integer("near_duplicate_bits", 4, "faces/folder: crops whose 64-bit "
-                     "difference hashes differ in at most this many bits are near "
-                     "duplicates; -1: off.")
-flags.DEFINE_integer("max_image_pixels", 64_000_000, "faces/folder: images with more "
-                     "pixels are skipped undecoded (too_large).")
+# One flag per PrepareConfig setting, its default the config's.
+_PHOTO_HELP = {
+    "faces": ("faces: crop the largest face of each photo, or every face passing "
+              "--min_face_size and --min_face_score."),
+    "min_face_size": "faces: smallest face box kept (longer side, pixels of the source photo).",
+    "min_face_score": "faces: BlazeFace score threshold.",
+    "crop_scale": ("faces: multiplies the CelebA-framed crop side; above 1 keeps more "
+                   "context (the margin)."),
+    "min_sharpness": ("faces/folder: drop crops whose Laplacian variance (grey, "
+                      "0..255) is below this; 0: off (try 20)."),
+    "near_duplicate_bits": ("faces/folder: crops whose 64-bit difference hashes "
+                            "differ in at most this many bits are near duplicates; -1: off."),
+}
+_model_flags.define_config_flags(photos.PrepareConfig, _PHOTO_HELP,
+                                 {"faces": ["largest", "all"]})
 flags.DEFINE_integer("max_photos", 0, "faces/folder: stop after this many new photos "
                      "(0: all); a rerun resumes.")
 
 
 def _photos_config(mode: str):
   """The PrepareConfig of `faces` / `folder` from the parsed flags."""
-  from tfsym3d.data import photos  # pylint: disable=g-import-not-at-top
   from tfsym3d.data import sources  # pylint: disable=g-import-not-at-top
+  fractions = parse_fractions(FLAGS.split_fractions)
   try:
-    fractions = tuple(float(f) for f in FLAGS.split_fractions)
     crop = sources.parse_crop(FLAGS.crop)
   except ValueError as error:
     raise app.UsageError(str(error)) from None
-  return photos.PrepareConfig(
-      mode=mode, image_size=FLAGS.image_size, split_fractions=fractions,
-      faces=FLAGS.faces, min_face_size=FLAGS.min_face_size,
-      min_face_score=FLAGS.min_face_score, crop_scale=FLAGS.crop_scale,
-      crop=list(crop) if isinstance(crop, tuple) else crop,
-      min_sharpness=FLAGS.min_sharpness,
-      near_duplicate_bits=FLAGS.near_duplicate_bits,
-      max_pixels=FLAGS.max_image_pixels)
+  try:
+    return photos.PrepareConfig(
+        mode=mode, image_size=FLAGS.image_size, split_fractions=fractions,
+        crop=list(crop) if isinstance(crop, tuple) else crop,
+        max_pixels=FLAGS.max_image_pixels,
+        **{name: getattr(FLAGS, name) for name in _PHOTO_HELP})
+  except ValueError as error:
+    raise app.UsageError(str(error)) from None
+
+
+# --layout=records: faces and folder choose, deduplicate and split their crops
+# over the whole run, so the crops are prepared as a folder here first (the
+# run's resume state) and each split is then written as records.
+PHOTO_CROPS = ".crops"
+
+
+def photo_records(crops, out, shard_size: int, progress: bool = True) -> dict:
+  """Writes the crops of a `faces`/`folder` run (<crops>/<split>/*.png) as
+  record shards under <out>/<split>, in name order, resuming at the first
+  unfinished shard; returns the records on disk per split."""
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  counts = {}
+  for split in SPLITS:
+    paths = sorted((pathlib.Path(crops) / split).glob("*.png"))
+    names = [p.stem for p in paths]
+    sink = open_sink("records", out, split, names, image_format="png",
+                     shard_size=shard_size)
+    for i, path in enumerate(tqdm(paths, desc=f"records {split}", unit="img",
+                                  file=sys.stderr, disable=not progress or not paths)):
+      if sink.needed(i):
+        with Image.open(path) as image:
+          sink.add(i, names[i], image.convert("RGB"))
+    counts[split] = sink.close()
+  return counts
+
+
+def prepare_own_photos(src, out, config, layout: str = "folder", shard_size: int = 1000,
+                       max_photos: int = 0, progress: bool = True, detector=None) -> dict:
+  """`faces` / `folder` in either layout; returns the report
+  (`photos.prepare_photos`'s, with `records` per split for records).
+
+  Raises what `photos.prepare_photos` raises, and app.UsageError for a bad
+  layout.
+  """
+  out = pathlib.Path(out)
+  if layout == "folder":
+    return photos.prepare_photos(src, out, config, detector, max_photos, progress)
+  if layout != "records":
+    raise app.UsageError(f"--layout={layout!r}: use folder or records")
+  crops = out / PHOTO_CROPS
+  report = photos.prepare_photos(src, crops, config, detector, max_photos, progress)
+  if report["pending"]:
+    # Records are written once every photo is in, so shards never change.
+    report["records"] = None
+  else:
+    report["records"] = photo_records(crops, out, shard_size, progress)
+  report["out"] = str(out)
+  (out / photos.REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+  if (crops / photos.PREVIEW_NAME).is_file():
+    shutil.copyfile(crops / photos.PREVIEW_NAME, out / photos.PREVIEW_NAME)
+  return report
 
 
 def _own_photos(mode: str):
   """The `faces` and `folder` subcommands."""
-  from tfsym3d.data import photos  # pylint: disable=g-import-not-at-top
   if not FLAGS.src or not FLAGS.out:
     raise app.UsageError(f"{mode}: set --src PHOTOS and --out DIR")
-  if FLAGS.layout != "folder":
-    # Crops are chosen, deduplicated and split as a whole run; writing them
-    # as shards is not wired yet, so refuse rather than write the wrong layout.
-    raise app.UsageError(
-        f"{mode}: --layout={FLAGS.layout} is not supported yet; prepare with "
-        f"the default --layout=folder and train with --dataset=folder")
   config = _photos_config(mode)
   try:
-    report = photos.prepare_photos(FLAGS.src, FLAGS.out, config,
-                                   max_photos=FLAGS.max_photos,
-                                   progress=FLAGS.progress)
+    report = prepare_own_photos(FLAGS.src, FLAGS.out, config, FLAGS.layout,
+                                FLAGS.shard_size, FLAGS.max_photos, FLAGS.progress)
   except (FileNotFoundError, ValueError, RuntimeError) as error:
     raise SystemExit(f"{mode}: {error}") from None
   if FLAGS.json:

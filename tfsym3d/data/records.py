@@ -88,20 +88,28 @@ class RecordSplitWriter:
   whether item i still has to be produced (its shard is not finished) and
   `add(i, ...)` in increasing i. Items never added (e.g. unreadable sources)
   leave their shard shorter; the index counts what is there.
+
+  `key` names the item list (e.g. a hash of the names in order): finished
+  shards of an earlier run are reused only under the same key, so a list
+  that changed (photos added) is rewritten instead of mixing old shards
+  with new numbering. An index without a key is taken as matching.
   """
 
   def __init__(self, out, split: str, num: int, shard_size: int = DEFAULT_SHARD_SIZE,
-               has_depth: bool = False):
+               has_depth: bool = False, key: str = ""):
     if shard_size <= 0:
       raise ValueError(f"--shard_size={shard_size} must be > 0")
     self.dir = pathlib.Path(out) / split
     self.dir.mkdir(parents=True, exist_ok=True)
     self.num, self.shard_size, self.has_depth = num, shard_size, has_depth
+    self.key = key
     self.num_shards = -(-num // shard_size)
     self._shards: Dict[int, dict] = {}
     try:
       old = read_index(self.dir)
-      if old["shard_size"] == shard_size and old["has_depth"] == has_depth:
+      if old.get("key", key) != key:
+        logging.warning("%s: written for another list of items; rewriting it", self.dir)
+      elif old["shard_size"] == shard_size and old["has_depth"] == has_depth:
         for k, shard in enumerate(old["shards"]):
           path = self.dir / shard["file"]
           if shard and path.is_file() and path.stat().st_size == shard["bytes"]:
@@ -149,6 +157,7 @@ class RecordSplitWriter:
     shards = [self._shards.get(k, {}) for k in range(self.num_shards)]
     text = json.dumps({"version": INDEX_VERSION, "shard_size": self.shard_size,
                        "has_depth": self.has_depth, "num": self.num,
+                       "key": self.key,
                        "complete": all(shards), "shards": shards}, indent=1)
     tmp = self.dir / f".{INDEX_NAME}.{os.getpid()}.tmp"
     tmp.write_text(text)

@@ -43,3 +43,22 @@ def test_bad_crop_and_missing_data_say_what_to_do(tmp_path):
   (tmp_path / "train").mkdir()
   with pytest.raises(sources.DataNotFoundError, match="prepare synfaces"):
     sources.DataSource("paired", data_dir=str(tmp_path)).check(("train", "val"))
+
+
+def test_pixel_limit_reaches_the_folder_readers(tmp_path):
+  from PIL import Image
+  for split in ("train", "test"):
+    (tmp_path / split).mkdir()
+    for i in range(3):
+      Image.new("RGB", (20, 20), (40 * i, 90, 120)).save(tmp_path / split / f"s{i}.png")
+    Image.new("RGB", (60, 50), (200, 90, 120)).save(tmp_path / split / "big.png")
+
+  def images_seen(limit):
+    data = sources.DataSource("folder", data_dir=str(tmp_path), image_size=8,
+                              batch_size=2, max_image_pixels=limit)
+    return sum(int(b.shape[0]) for b in data.eval_dataset("test"))
+
+  # 60 x 50 = 3,000 pixels: over a 1,000-pixel limit, within the default.
+  assert images_seen(None) == 4
+  assert images_seen(1000) == 3
+  assert images_seen(0) == 4

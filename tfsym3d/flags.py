@@ -106,7 +106,8 @@ flags.DEFINE_string("crop", None, "Crop before resizing: none (empty), an int c 
                     "c x c) or 'top,left,height,width'.")
 flags.DEFINE_integer("max_image_pixels", images.DEFAULT_MAX_PIXELS, "Images with "
                      "more pixels are refused before decoding: skipped as too_large "
-                     "by prepare faces/folder, skipped with a message by reconstruct "
+                     "by prepare faces/folder and by the training and evaluation "
+                     "folder readers, skipped with a message by reconstruct "
                      "(0: no limit).")
 flags.DEFINE_integer("batch_size", 64, "Global batch size, split over the replicas.")
 flags.DEFINE_integer("val_images", 512, "Validation images per epoch (0: no validation).")

@@ -83,7 +83,8 @@ def data_source_from_flags(image_size: int) -> sources.DataSource:
     raise app.UsageError(str(error)) from None
   return sources.DataSource(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
                             image_size=image_size, batch_size=FLAGS.batch_size,
-                            crop=crop, seed=FLAGS.seed)
+                            crop=crop, seed=FLAGS.seed,
+                            max_image_pixels=FLAGS.max_image_pixels)
 
 
 def argv_with_run_flagfile(argv: List[str], flag: str = "checkpoint") -> List[str]:

@@ -104,7 +104,7 @@ def check_size(path, width: int, height: int, max_pixels: int) -> None:
     raise ImageTooLarge(
         path, f"too large ({width} x {height} = {width * height / 1e6:.1f} "
         f"megapixels, over the limit of {max_pixels / 1e6:.1f}; downscale it, or "
-        "raise --max_image_pixels of prepare or reconstruct)")
+        "raise --max_image_pixels)")
 
 
 def _open_checked(path, max_pixels: int) -> Image.Image:

@@ -64,6 +64,8 @@ class DataSource:
     batch_size: global batch B.
     crop: None, int or (top, left, height, width) (folder and paired).
     seed: data seed.
+    max_image_pixels: folder and paired images with more pixels are skipped
+      before decoding (0: no limit; None: `images.DEFAULT_MAX_PIXELS`).
   """
   dataset: str = "synfaces"
   data_dir: Optional[str] = None
@@ -71,6 +73,7 @@ class DataSource:
   batch_size: int = 64
   crop: object = None
   seed: int = 0
+  max_image_pixels: Optional[int] = None
 
   @property
   def has_ground_truth(self) -> bool:
@@ -184,7 +187,8 @@ class DataSource:
   def _folder_settings(self, batch_size: int, **fields) -> folders.FolderSettings:
     """The folder readers' settings of this source, plus `fields`."""
     return folders.FolderSettings(image_size=self.image_size, batch_size=batch_size,
-                                  crop=self.crop, seed=self.seed, **fields)
+                                  crop=self.crop, seed=self.seed,
+                                  max_pixels=self.max_image_pixels, **fields)
 
   # -- evaluation ----------------------------------------------------------
 

@@ -9,7 +9,8 @@ import dataclasses
 
 from absl import flags
 
-from tfsym3d.config import RASTERIZER_BACKENDS, ModelConfig, TrainConfig
+from tfsym3d.config import ModelConfig, TrainConfig
+from tfsym3d.render import backends
 
 FLAGS = flags.FLAGS
 
@@ -58,7 +59,7 @@ def _define_model_flags():
   for field in dataclasses.fields(ModelConfig):
     name, default, help_text = field.name, field.default, _MODEL_HELP[field.name]
     if name == "rasterizer":
-      flags.DEFINE_enum(name, default, RASTERIZER_BACKENDS, help_text)
+      flags.DEFINE_enum(name, default, backends.NAMES, help_text)
     elif name == "vgg_input":
       flags.DEFINE_enum(name, default, ["caffe", "torch"], help_text)
     elif isinstance(default, bool):

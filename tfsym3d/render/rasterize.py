@@ -109,9 +109,11 @@ def depth_for(screen, faces, face_id, background):
 
   @tf.custom_gradient
   def depth_of(screen):
+    """[B, H, W] depth and its hand-written gradient with respect to `screen`."""
     corners, vertex_ids = _pixel_corners(screen, faces, face_id, return_ids=True)
     terms = _depth_terms(corners, face_id)
     def grad(upstream):
+      """d(loss)/d(screen) from d(loss)/d(depth), reusing the forward terms."""
       return _depth_gradient(upstream, corners, vertex_ids, terms, tf.shape(screen))
     return tf.where(face_id >= 0, terms.depth, background), grad
 

@@ -110,6 +110,7 @@ class Renderer:
     return tf.cast(recon_depth < self.depth_clamp[1], recon_depth.dtype)
 
   def _canonical_grid_impl(self, recon_depth, view):
+    """`canonical_grid` before the optional XLA compile."""
     points = geometry.unproject(recon_depth, self.camera)
     points = geometry.inverse_rigid_transform(points, view, self.config.rot_center_depth)
     uv = geometry.project(points, self.camera)

@@ -216,6 +216,14 @@ def test_depth_smoothness_weight_moves_linearly_from_first_to_last_epoch():
   assert depth_smoothness_weight(0, 1, 3.0, 1.0) == 3.0      # one epoch: the first
 
 
+def test_fit_phases_finish_a_started_epoch_then_run_whole_epochs():
+  from tfsym3d.train import fit_phases
+  assert fit_phases(0, 6, 2) == [(0, 2, 6)]                  # a fresh run: one call
+  assert fit_phases(8, 6, 3) == [(1, 2, 4), (2, 3, 6)]       # resumed in epoch 1
+  assert fit_phases(10, 6, 2) == [(1, 2, 2)]                 # ... its last epoch
+  assert fit_phases(6, 6, 2) == [(1, 2, 6)]                  # at an epoch boundary
+
+
 _MIRRORED = textwrap.dedent("""
     import keras, numpy as np, tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]

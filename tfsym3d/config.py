@@ -8,7 +8,7 @@ absl flags directly, so the model can be built in tests and notebooks alone.
 import dataclasses
 from typing import Optional
 
-RASTERIZER_BACKENDS = ("tf", "tfg")
+from tfsym3d.render import backends
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +53,7 @@ class ModelConfig:
   # Optimiser (docs/method.md §6): Adam with classic L2 weight decay on the gradient.
   learning_rate: float = 1e-4
   weight_decay: float = 5e-4
-  rasterizer: str = "tf"          # 'tf' (pure TensorFlow) or 'tfg'
+  rasterizer: str = "tf"          # one of backends.NAMES: 'tf' (pure TensorFlow) or 'tfg'
   # The 'tf' renderer's stages XLA-compiled (faster steps, a compile per
   # shape at start) or run as plain TensorFlow ops. Not a model constant:
   # results agree to float rounding either way.
@@ -68,8 +68,7 @@ class ModelConfig:
       raise ValueError(f"min_depth={self.min_depth} must be < max_depth={self.max_depth}")
     if self.vgg_input not in ("caffe", "torch"):
       raise ValueError(f"vgg_input={self.vgg_input!r}: use 'caffe' or 'torch'")
-    if self.rasterizer not in RASTERIZER_BACKENDS:
-      raise ValueError(f"rasterizer={self.rasterizer!r}: use one of {RASTERIZER_BACKENDS}")
+    backends.parse(self.rasterizer)  # a ValueError naming the choices
 
   @property
   def border_depth(self) -> float:

@@ -9,8 +9,9 @@ import dataclasses
 
 from absl import flags
 
-from tfsym3d.config import RASTERIZER_BACKENDS, ModelConfig, TrainConfig
+from tfsym3d.config import ModelConfig, TrainConfig
 from tfsym3d.data import images
+from tfsym3d.render import backends
 
 FLAGS = flags.FLAGS
 
@@ -76,7 +77,7 @@ def define_config_flags(config_class, help_texts: dict, enums: dict = None) -> N
 
 
 define_config_flags(ModelConfig, _MODEL_HELP,
-                    {"rasterizer": RASTERIZER_BACKENDS, "vgg_input": ["caffe", "torch"]})
+                    {"rasterizer": backends.NAMES, "vgg_input": ["caffe", "torch"]})
 
 
 def model_config() -> ModelConfig:

@@ -76,6 +76,7 @@ class StepCounter(keras.callbacks.Callback):
     self.step = step
 
   def on_train_batch_end(self, batch, logs=None):
+    """One more batch consumed (skipped non-finite steps count too)."""
     self.step.assign_add(1)
 
 
@@ -88,6 +89,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
     self.reason = None
 
   def on_train_batch_end(self, batch, logs=None):
+    """Warns about a skipped step; ends training at `max_streak` in a row."""
     streak = int((logs or {}).get("nonfinite_streak", 0))
     if streak == 0:
       return
@@ -116,20 +118,24 @@ class CheckpointSaver(keras.callbacks.Callback):
     self._healthy = True
 
   def _save(self):
+    """Saves at the current step unless unhealthy or saved there already."""
     step = int(self.step.numpy())
     if self._healthy and self.manager.latest_checkpoint != self._name(step):
       self.manager.save(checkpoint_number=step)
       logging.info("step %d: saved %s", step, self.manager.latest_checkpoint)
 
   def _name(self, step):
+    """The checkpoint prefix the manager gives a save at `step`."""
     return os.path.join(self.manager.directory, f"ckpt-{step}")
 
   def on_train_batch_end(self, batch, logs=None):
+    """Saves every `every` steps (if this step was finite)."""
     self._healthy = int((logs or {}).get("nonfinite_streak", 0)) == 0
     if self.every > 0 and int(self.step.numpy()) % self.every == 0:
       self._save()
 
   def on_epoch_end(self, epoch, logs=None):
+    """Saves at every epoch end, so a finished epoch is never retrained."""
     self._save()
 
 
@@ -156,6 +162,7 @@ class LossWeightSchedule(keras.callbacks.Callback):
     self.epochs, self.depth_sm_final = epochs, depth_sm_final
 
   def on_epoch_begin(self, epoch, logs=None):
+    """Sets `epoch`'s flip and depth smoothness weights on the model."""
     self.model.lam_flip.assign(
         1.0 if epoch < self.flip_start_epoch else self.config.lam_flip)
     self.model.lam_depth_sm.assign(depth_smoothness_weight(
@@ -174,6 +181,8 @@ class Progress(keras.callbacks.Callback):
     self._times = []
 
   def on_train_begin(self, logs=None):
+    """Opens the bar at the current step (once: a resumed run's second fit
+    call keeps it)."""
     if self.enabled and self.bar is None:
       self.bar = tqdm(total=self.total, initial=int(self.step.numpy()), unit="step",
                       dynamic_ncols=True, file=sys.stderr, desc="train")
@@ -185,6 +194,7 @@ class Progress(keras.callbacks.Callback):
     return (len(self._times) - 1) * self.batch_size / (self._times[-1] - self._times[0])
 
   def on_train_batch_end(self, batch, logs=None):
+    """Advances the bar; shows the step's total loss and the throughput."""
     self._times = (self._times + [time.perf_counter()])[-21:]
     if self.bar is not None:
       self.bar.update(1)
@@ -200,6 +210,7 @@ class Progress(keras.callbacks.Callback):
       print(line, file=sys.stderr)
 
   def close(self):
+    """Closes the bar (at the end of the run, also when it fails)."""
     if self.bar is not None:
       self.bar.close()
       self.bar = None
@@ -219,6 +230,8 @@ class Validation(keras.callbacks.Callback):
     self.history = []
 
   def _batch(self, images, depth_gt=None):
+    """Every loss term of one batch, with SIDE and MAD per image if there is
+    ground truth."""
     model = self.model
     out = model(images, training=False)
     terms = model.compute_losses(images, out)
@@ -250,6 +263,7 @@ class Validation(keras.callbacks.Callback):
     return {k: sums[k] / counts[k] for k in sums if counts[k]}
 
   def on_epoch_end(self, epoch, logs=None):
+    """Validates, keeps the means in `history`, writes and prints them."""
     values = self.results()
     self.history.append(values)
     step = int(self.step.numpy())
@@ -279,10 +293,13 @@ class TensorBoardLogger(keras.callbacks.Callback):
     self._window: Dict[str, list] = {}
 
   def _learning_rate(self) -> float:
+    """The optimiser's current learning rate (a schedule's value at its step)."""
     lr = self.model.optimizer.learning_rate
     return float(lr.numpy() if hasattr(lr, "numpy") else lr)
 
   def on_train_batch_end(self, batch, logs=None):
+    """Collects the step's logs; writes the window's means every `log_every`
+    steps and the pictures every `images_every`."""
     step = int(self.step.numpy())
     for key, value in (logs or {}).items():
       self._window.setdefault(key, []).append(float(value))
@@ -304,6 +321,8 @@ class TensorBoardLogger(keras.callbacks.Callback):
       self.write_pictures(step)
 
   def write_pictures(self, step: int):
+    """The decomposition grid, the yaw animation and the factors' histograms
+    of the fixed sample batch, to TensorBoard and as PNG / GIF in images/."""
     model = self.model
     out = model(self.sample_images, training=False)
     named = visualize.panels(self.sample_images, out, model.config, model.renderer.camera)
@@ -324,6 +343,7 @@ class TensorBoardLogger(keras.callbacks.Callback):
     self.writer.flush()
 
   def on_train_end(self, logs=None):
+    """Flushes the summaries, so a finished run's TensorBoard is complete."""
     self.writer.flush()
 
 
@@ -434,6 +454,7 @@ def distributed_stream(strategy: tf.distribute.Strategy, data: sources.DataSourc
   replicas of a step is exactly the batch a one-process run sees.
   """
   def per_worker(context: tf.distribute.InputContext):
+    """This input pipeline's per-replica batches."""
     local = context.num_replicas_in_sync // context.num_input_pipelines
     stream = data.train_stream(start, steps_per_epoch, context.input_pipeline_id,
                                context.num_input_pipelines)
@@ -455,6 +476,7 @@ def _check_workers_agree(strategy: tf.distribute.Strategy, step: tf.Variable,
   mine = tf.cast(step.read_value(), tf.float64)
 
   def gather():
+    """Every replica's step, stacked."""
     return tf.distribute.get_replica_context().all_gather(mine[None], axis=0)
 
   steps = strategy.experimental_local_results(strategy.run(gather))[0].numpy()
@@ -496,44 +518,64 @@ def train(config: ModelConfig, train_config: TrainConfig, data: sources.DataSour
       shutil.rmtree(write_dir, ignore_errors=True)
 
 
-def _train(config, tc, data, write_dir, chief, strategy, precision):
-  """`train` once the strategy and the directories are settled."""
-  run_dir, epochs, steps_per_epoch = tc.run_dir, tc.epochs, tc.steps_per_epoch
-  data.check(("train",))
-  if steps_per_epoch <= 0:
-    size = data.train_size()
-    if size is None:
-      raise app.UsageError("--steps_per_epoch must be > 0 for --dataset=synfaces "
-                           "(the generator is endless)")
-    steps_per_epoch = size // data.batch_size
-    if steps_per_epoch == 0:
-      raise app.UsageError(f"{data.data_dir}/train holds {size} images, fewer than "
-                           f"--batch_size={data.batch_size}")
-  total_steps = epochs * steps_per_epoch
-  keras.utils.set_random_seed(tc.seed)
+def _steps_per_epoch(data: sources.DataSource, requested: int) -> int:
+  """`requested` (--steps_per_epoch), or one pass over the training split
+  when it is 0; a UsageError where neither is possible."""
+  if requested > 0:
+    return requested
+  size = data.train_size()
+  if size is None:
+    raise app.UsageError("--steps_per_epoch must be > 0 for --dataset=synfaces "
+                         "(the generator is endless)")
+  steps = size // data.batch_size
+  if steps == 0:
+    raise app.UsageError(f"{data.data_dir}/train holds {size} images, fewer than "
+                         f"--batch_size={data.batch_size}")
+  return steps
 
+
+def _check_replicas(strategy: tf.distribute.Strategy, batch_size: int, precision: str,
+                    chief: bool, write_dir: str) -> None:
+  """Raises unless the global batch splits evenly over the replicas; logs
+  the devices, the precision and where a non-chief worker writes."""
   replicas = strategy.num_replicas_in_sync
-  if data.batch_size % replicas:
-    raise app.UsageError(f"--batch_size={data.batch_size} must be a multiple of the "
+  if batch_size % replicas:
+    raise app.UsageError(f"--batch_size={batch_size} must be a multiple of the "
                          f"{replicas} replicas")
   logging.info("%d replica(s): %s; networks in %s; oneDNN CPU kernels %s%s", replicas,
                strategy.extended.worker_devices, precision,
                "on" if tfsym3d.onednn_enabled() else "off",
                "" if chief else f"; not the chief: checkpoints and summaries go to "
                f"{write_dir} (deleted at the end)")
+
+
+def _build_model(config: ModelConfig, tc: TrainConfig, strategy: tf.distribute.Strategy,
+                 precision: str, total_steps: int):
+  """The compiled model, its built optimiser and the data-step variable,
+  all created under the strategy's scope so they are mirrored."""
   with strategy.scope():
     # --jit_compile: the networks as one XLA program (see Unsup3D); Keras'
     # whole-step jit_compile cannot take the rasterizer's dynamic shapes.
     model = runs.build_model(config, precision=precision, jit_compile=tc.jit_compile)
     optimizer = make_training_optimizer(config, learning_rate(config, tc, total_steps),
                                         precision, tc.adam_epsilon)
+    # Built before any checkpoint is restored, so its slot variables exist
+    # to receive the saved values.
     optimizer.build(model.trainable_variables)
     model.compile(optimizer=optimizer, jit_compile=False)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_step")
+  return model, optimizer, step
+
+
+def _resume(model, optimizer, step: tf.Variable, tc: TrainConfig,
+            write_dir: str) -> tf.train.CheckpointManager:
+  """Restores the run's newest checkpoint (else --init_from's weights, if
+  set); returns the manager that saves this process's checkpoints."""
   checkpoint = runs.checkpoint_for(model, optimizer=optimizer, step=step)
-  # Every worker resumes from the chief's checkpoints.
+  # Every worker resumes from the chief's checkpoints...
   resumed = restore_latest(checkpoint, tf.train.CheckpointManager(
-      checkpoint, os.path.join(run_dir, "ckpt"), max_to_keep=tc.keep_checkpoints))
+      checkpoint, os.path.join(tc.run_dir, "ckpt"), max_to_keep=tc.keep_checkpoints))
+  # ...and saves into its own write directory (the run's, for the chief).
   manager = tf.train.CheckpointManager(checkpoint, os.path.join(write_dir, "ckpt"),
                                        max_to_keep=tc.keep_checkpoints)
   if resumed:
@@ -541,6 +583,62 @@ def _train(config, tc, data, write_dir, chief, strategy, precision):
   elif tc.init_from:
     prefix = runs.restore_weights(model, tc.init_from)
     logging.info("weights initialised from %s", prefix)
+  return manager
+
+
+def _validation_and_sample(data: sources.DataSource, tc: TrainConfig, chief: bool):
+  """The validation set (None when off or not the chief) and the batch of 8
+  images the image grids and the yaw animation show."""
+  val_data = None
+  if tc.val_images > 0 and chief:
+    data.check(("val",))
+    val_data = data.eval_dataset("val", tc.val_images)
+  sample = next(iter(data.eval_dataset("val" if val_data is not None else "train",
+                                       8, batch_size=8)))
+  return val_data, sample[0] if isinstance(sample, tuple) else sample
+
+
+def fit_phases(start: int, steps_per_epoch: int, epochs: int):
+  """The `fit` calls that train from data step `start` to the end.
+
+  A run resumed mid-epoch first finishes that epoch, then continues with
+  whole epochs: at most two calls, as (initial_epoch, epochs, steps_per_epoch)
+  triples of `keras.Model.fit`'s arguments.
+  """
+  first_epoch, done_in_epoch = divmod(start, steps_per_epoch)
+  phases = []
+  if done_in_epoch:
+    phases.append((first_epoch, first_epoch + 1, steps_per_epoch - done_in_epoch))
+    first_epoch += 1
+  if first_epoch < epochs:
+    phases.append((first_epoch, epochs, steps_per_epoch))
+  return phases
+
+
+def _fit(model, stream, phases, callbacks, guard: NonFiniteGuard, next_stream):
+  """Runs `fit` once per phase (`fit_phases`) over `stream`, then over
+  `next_stream()` (the stream from the current step); stops early when the
+  model or the non-finite guard asks."""
+  for initial_epoch, end_epoch, steps in phases:
+    model.fit(stream, initial_epoch=initial_epoch, epochs=end_epoch, steps_per_epoch=steps,
+              callbacks=callbacks, verbose=0, shuffle=False)
+    if model.stop_training or guard.reason:
+      break
+    stream = next_stream()
+
+
+def _train(config, tc, data, write_dir, chief, strategy, precision):
+  """`train` once the strategy and the directories are settled."""
+  run_dir, epochs = tc.run_dir, tc.epochs
+  data.check(("train",))
+  steps_per_epoch = _steps_per_epoch(data, tc.steps_per_epoch)
+  total_steps = epochs * steps_per_epoch
+  # Seeds Python, NumPy and TensorFlow before any weight exists, so the
+  # initial weights follow --seed.
+  keras.utils.set_random_seed(tc.seed)
+  _check_replicas(strategy, data.batch_size, precision, chief, write_dir)
+  model, optimizer, step = _build_model(config, tc, strategy, precision, total_steps)
+  manager = _resume(model, optimizer, step, tc, write_dir)
   _check_workers_agree(strategy, step, run_dir)
   if chief and tc.flagfile_text:
     _write_flags(run_dir, tc.flagfile_text)
@@ -550,16 +648,8 @@ def _train(config, tc, data, write_dir, chief, strategy, precision):
     logging.info("step %d >= %d: training already finished", start, total_steps)
     return {"steps": start, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
             "train_seconds": 0.0, "model": model, "chief": chief, "validation": []}
-  first_epoch, done_in_epoch = divmod(start, steps_per_epoch)
   stream = distributed_stream(strategy, data, start, steps_per_epoch)
-
-  val_data = None
-  if tc.val_images > 0 and chief:
-    data.check(("val",))
-    val_data = data.eval_dataset("val", tc.val_images)
-  sample = next(iter(data.eval_dataset("val" if val_data is not None else "train",
-                                       8, batch_size=8)))
-  sample_images = sample[0] if isinstance(sample, tuple) else sample
+  val_data, sample_images = _validation_and_sample(data, tc, chief)
 
   progress = Progress(total_steps, step, data.batch_size, tc.progress and chief)
   validation = (Validation(val_data, os.path.join(write_dir, "tb"), step, progress)
@@ -577,24 +667,8 @@ def _train(config, tc, data, write_dir, chief, strategy, precision):
       [validation] if validation is not None else [])
   started = time.perf_counter()
   try:
-    # A run resumed mid-epoch first finishes that epoch, then continues with
-    # whole epochs: two fit() calls over one stream.
-    phases = []
-    if done_in_epoch:
-      phases.append((first_epoch, steps_per_epoch - done_in_epoch))
-      first_epoch += 1
-    if first_epoch < epochs:
-      phases.append((None, steps_per_epoch))
-    iterator_ds = stream
-    for phase_epoch, steps in phases:
-      begin = phase_epoch if phase_epoch is not None else first_epoch
-      end = begin + 1 if phase_epoch is not None else epochs
-      model.fit(iterator_ds, initial_epoch=begin, epochs=end, steps_per_epoch=steps,
-                callbacks=callbacks, verbose=0, shuffle=False)
-      if model.stop_training or guard.reason:
-        break
-      iterator_ds = distributed_stream(strategy, data, int(step.numpy()),
-                                       steps_per_epoch)
+    _fit(model, stream, fit_phases(start, steps_per_epoch, epochs), callbacks, guard,
+         lambda: distributed_stream(strategy, data, int(step.numpy()), steps_per_epoch))
   finally:
     progress.close()
   seconds = time.perf_counter() - started
@@ -607,6 +681,10 @@ def _train(config, tc, data, write_dir, chief, strategy, precision):
 
 
 def main(argv):
+  """Trains from the command line's flags, then evaluates on ground truth.
+
+  Reads the flags into the two configs once, here; `train` reads none.
+  """
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]} (flags start with --)")
   if not FLAGS["verbosity"].present:

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from tfsym3d.bench import machine
 from tfsym3d.config import ModelConfig
+from tfsym3d.render.backends import Backend
 
 DEFAULTS = {"batch_size": 128, "warmup": 2, "repeats": 5}
 
@@ -51,7 +52,10 @@ def renderer_inputs(batch_size: int, image_size: int, config: ModelConfig, seed:
   return tf.constant(depth, tf.float32), tf.constant(view, tf.float32)
 
 
-RENDERER_BACKENDS = ("tf", "tfg", "tfg_own_bary")
+# Each timed variant: its rasterizer backend and the 'tfg' kernel's barycentrics.
+_VARIANTS = {"tf": (Backend.TF, "stable"), "tfg": (Backend.TFG, "stable"),
+             "tfg_own_bary": (Backend.TFG, "tfg")}
+RENDERER_BACKENDS = tuple(_VARIANTS)
 
 
 def _time_renderer_backend(backend, depth, view, image_size, repeats, warmup, progress,
@@ -68,11 +72,10 @@ def _time_renderer_backend(backend, depth, view, image_size, repeats, warmup, pr
   if backend not in RENDERER_BACKENDS:
     raise ValueError(f"unknown renderer backend {backend!r}: use one of "
                      f"{', '.join(RENDERER_BACKENDS)} (--backends)")
-  renderer = Renderer(ModelConfig(image_size=image_size,
-                                  rasterizer="tf" if backend == "tf" else "tfg",
+  rasterizer, barycentrics = _VARIANTS[backend]
+  renderer = Renderer(ModelConfig(image_size=image_size, rasterizer=rasterizer.value,
                                   vgg_weights="none"))
-  if backend == "tfg_own_bary":
-    renderer.tfg_barycentrics = "tfg"
+  renderer.tfg_barycentrics = barycentrics
 
   @tf.function
   def reproject(canon_depth, views):
@@ -91,7 +94,7 @@ def _time_renderer_backend(backend, depth, view, image_size, repeats, warmup, pr
   # Build or load the tfg kernel eagerly, not while tracing (where AutoGraph
   # would try to convert the compile and loading code); part of the warm-up.
   setup = 0.0
-  if backend.startswith("tfg"):
+  if rasterizer is Backend.TFG:
     from tfsym3d.render import tfg_backend  # pylint: disable=g-import-not-at-top
     start = time.perf_counter()
     tfg_backend.load_kernel()

@@ -10,6 +10,7 @@ from tfsym3d import geometry
 
 @functools.lru_cache(maxsize=None)
 def _grid_faces_np(height: int, width: int) -> np.ndarray:
+  """`grid_faces` as a cached numpy array (one per size in a process)."""
   v, u = np.meshgrid(np.arange(height - 1), np.arange(width - 1), indexing="ij")
   top_left = (v * width + u).ravel()
   top_right, bottom_left = top_left + 1, top_left + width

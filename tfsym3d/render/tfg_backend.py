@@ -50,6 +50,8 @@ BAZEL_LIBRARY = pathlib.Path("bazel-bin", "tfsym3d", "render", "rasterizer_op.so
 _LIBRARY_STEM = "rasterize_triangles"
 # Must match FaceCullingMode::kNone in rasterize_triangles_impl.h.
 _FACE_CULLING_NONE = 0
+# How `rasterize_tfg` may recompute the differentiable barycentrics.
+BARYCENTRIC_IMPLS = ("stable", "tfg")
 
 _load_lock = threading.Lock()
 _loaded_ops = None
@@ -72,6 +74,7 @@ def library_name(source_dir=None) -> str:
 
 
 def _key_file(library: pathlib.Path) -> pathlib.Path:
+  """The recipe key file written next to a built library."""
   return library.with_name(library.name + ".key")
 
 
@@ -317,7 +320,7 @@ def rasterize_tfg(vertices, faces, camera: Camera,
     differentiable w.r.t. `vertices`, 0 where not covered) and mask [B, S, S]
     float32.
   """
-  if barycentric_impl not in ("stable", "tfg"):
+  if barycentric_impl not in BARYCENTRIC_IMPLS:
     raise ValueError(f"barycentric_impl must be 'stable' or 'tfg', got "
                      f"{barycentric_impl!r}")
   ops = load_kernel()
@@ -327,18 +330,7 @@ def rasterize_tfg(vertices, faces, camera: Camera,
 
   homogeneous = tf.concat([vertices, tf.ones_like(vertices[..., :1])], -1)
   clip = tf.einsum("ij,bnj->bni", clip_matrix(camera), homogeneous)  # [B,N,4]
-
-  def rasterize_one(clip_one):
-    _, triangle_ids, z_buffer = ops.rasterize_triangles(
-        clip_one, faces, image_width=size, image_height=size, num_layers=1,
-        face_culling_mode=_FACE_CULLING_NONE)
-    return triangle_ids[0], z_buffer[0]
-
-  # Visibility carries no gradient (the op has none registered).
-  triangle_ids, z_buffer = tf.map_fn(
-      rasterize_one, tf.stop_gradient(clip),
-      fn_output_signature=(tf.TensorSpec([size, size], tf.int32),
-                           tf.TensorSpec([size, size], tf.float32)))
+  triangle_ids, z_buffer = _kernel_visibility(ops, clip, faces, size)
   # The z-buffer is cleared to NDC z = 1 and only nearer fragments are kept.
   covered = tf.not_equal(z_buffer, 1.0)
   mask = tf.cast(covered, tf.float32)                               # [B,S,S]
@@ -347,23 +339,48 @@ def rasterize_tfg(vertices, faces, camera: Camera,
   # ((2 i + 1) / S - 1, rows top to bottom), so with the clip matrix above
   # they are those of our pixel centres (u, v) = (ix, iy).
   if barycentric_impl == "tfg":
-    # Imported here: only this path needs tensorflow-graphics' Python code.
-    from tensorflow_graphics.rendering import barycentrics as tfg_barycentrics  # pylint: disable=g-import-not-at-top
-    from tensorflow_graphics.rendering import framebuffer as tfg_framebuffer  # pylint: disable=g-import-not-at-top
-    framebuffer = tfg_framebuffer.Framebuffer(
-        barycentrics=tfg_framebuffer.RasterizedAttribute(
-            tf.zeros(tf.concat([tf.shape(mask), [3]], 0)), None, None),
-        triangle_id=triangle_ids[..., None],
-        vertex_ids=tf.gather(faces, triangle_ids),
-        foreground_mask=mask[..., None])
-    # map_fn: its vectorized_map path retraces on every eager call and is
-    # slower here.
-    framebuffer = tfg_barycentrics.differentiable_barycentrics(
-        framebuffer, clip, faces, use_vectorized_map=False)
-    barycentrics = framebuffer.barycentrics.value
+    barycentrics = _tfg_barycentrics(clip, faces, triangle_ids, mask)
   else:
     barycentrics = _stable_barycentrics(clip, faces, triangle_ids, size)
   barycentrics = barycentrics * mask[..., None]
 
   face_id = tf.where(covered, triangle_ids, -1)
   return Fragments(face_id=face_id, barycentrics=barycentrics, mask=mask)
+
+
+def _kernel_visibility(ops, clip, faces, size: int):
+  """The kernel's triangle ids and z-buffer, [B, S, S] each, image by image.
+
+  The kernel takes one mesh, hence `tf.map_fn`. Visibility carries no
+  gradient (the op has none registered): the clip coordinates are stopped.
+  """
+  def rasterize_one(clip_one):
+    """One image: [N, 4] clip coordinates -> ([S, S] ids, [S, S] NDC depth)."""
+    _, triangle_ids, z_buffer = ops.rasterize_triangles(
+        clip_one, faces, image_width=size, image_height=size, num_layers=1,
+        face_culling_mode=_FACE_CULLING_NONE)
+    return triangle_ids[0], z_buffer[0]
+
+  return tf.map_fn(
+      rasterize_one, tf.stop_gradient(clip),
+      fn_output_signature=(tf.TensorSpec([size, size], tf.int32),
+                           tf.TensorSpec([size, size], tf.float32)))
+
+
+def _tfg_barycentrics(clip, faces, triangle_ids, mask):
+  """tensorflow-graphics' own `differentiable_barycentrics` [B, S, S, 3] of
+  the visible triangles (barycentric_impl='tfg')."""
+  # Imported here: only this path needs tensorflow-graphics' Python code.
+  from tensorflow_graphics.rendering import barycentrics as tfg_barycentrics  # pylint: disable=g-import-not-at-top
+  from tensorflow_graphics.rendering import framebuffer as tfg_framebuffer  # pylint: disable=g-import-not-at-top
+  framebuffer = tfg_framebuffer.Framebuffer(
+      barycentrics=tfg_framebuffer.RasterizedAttribute(
+          tf.zeros(tf.concat([tf.shape(mask), [3]], 0)), None, None),
+      triangle_id=triangle_ids[..., None],
+      vertex_ids=tf.gather(faces, triangle_ids),
+      foreground_mask=mask[..., None])
+  # map_fn: its vectorized_map path retraces on every eager call and is
+  # slower here.
+  framebuffer = tfg_barycentrics.differentiable_barycentrics(
+      framebuffer, clip, faces, use_vectorized_map=False)
+  return framebuffer.barycentrics.value

@@ -12,9 +12,11 @@ import tensorflow as tf
 
 from tfsym3d import geometry
 from tfsym3d.config import ModelConfig
+from tfsym3d.render import backends
 from tfsym3d.render import interpolate as interpolate_lib
 from tfsym3d.render import mesh
 from tfsym3d.render import rasterize as rasterize_lib
+from tfsym3d.render import visibility
 from tfsym3d.render.sample import bilinear_sample
 
 
@@ -30,6 +32,7 @@ class Renderer:
     self.camera = geometry.Camera.from_fov(config.image_size, config.fov,
                                            config.znear, config.zfar)
     self.faces = mesh.grid_faces(config.image_size, config.image_size)
+    self.backend = backends.parse(config.rasterizer)
     # 'tfg' backend only: 'stable' (default) or tensorflow-graphics' own
     # differentiable barycentrics ('tfg'); see tfg_backend.rasterize_tfg.
     self.tfg_barycentrics = "stable"
@@ -54,7 +57,7 @@ class Renderer:
     """Rasterizes [B, S*S, 3] camera-space grid-mesh vertices -> Fragments
     (`xla`: None for the renderer's setting)."""
     return rasterize_lib.rasterize(vertices, self.faces, self.camera,
-                                   self.config.rasterizer, grid_mesh=True,
+                                   self.backend, grid_mesh=True,
                                    tfg_barycentrics=self.tfg_barycentrics,
                                    xla=self.xla if xla is None else xla)
 
@@ -90,10 +93,12 @@ class Renderer:
       triangle covers end at the upper bound.
     """
     vertices, screen = self._posed_vertices(canon_depth, view)
-    if self.config.rasterizer == "tf":
+    if self.backend is backends.Backend.TF:
+      # Visibility, then the depth of the visible faces directly: no
+      # barycentrics, and a gradient written out by hand (`depth_for`).
       size = self.config.image_size
-      face_id = rasterize_lib.visible_faces(screen, None, size, size,
-                                            self.config.znear, self.config.zfar, self.xla)
+      face_id = visibility.visible_faces(screen, None, size, size,
+                                         self.config.znear, self.config.zfar, self.xla)
       depth = self._depth_of_faces(screen, face_id)
     else:
       depth = self.render_depth(vertices)
@@ -105,6 +110,7 @@ class Renderer:
     return tf.cast(recon_depth < self.depth_clamp[1], recon_depth.dtype)
 
   def _canonical_grid_impl(self, recon_depth, view):
+    """`canonical_grid` before the optional XLA compile."""
     points = geometry.unproject(recon_depth, self.camera)
     points = geometry.inverse_rigid_transform(points, view, self.config.rot_center_depth)
     uv = geometry.project(points, self.camera)

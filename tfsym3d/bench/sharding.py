@@ -13,7 +13,8 @@ unchanged (`records.write_folder_as_records`), in a temporary directory. For
 each worker count W it starts W processes at once (multiprocessing, spawn);
 process w builds the training stream of worker w of W with
 `DataSource.train_stream` (the call training makes), reads `warmup` untimed
-batches, then `repeats` timed epochs. Reported per W and layout: images
+batches, then `repeats` timed epochs, each started by all W workers together
+(a barrier). Reported per W and layout: images
 decoded per worker and in total, images/s per worker and in total (the
 images decoded over the slowest worker's epoch), and the same-run ratios of
 the two layouts. On records the total decoded stays the epoch's N; on a
@@ -70,6 +71,18 @@ def decoded_per_batch(layout: str, rows: int, parts: int) -> int:
   return rows * parts if layout == "folder" else rows
 
 
+# Set in each worker process by the pool's initializer: every timed epoch
+# starts when all W workers are ready, so their epochs overlap as on a cluster
+# (process start and TensorFlow's import take different times in each).
+_START_TOGETHER = None
+
+
+def _set_barrier(barrier) -> None:
+  """Pool initializer: keeps the barrier the timed epochs start on."""
+  global _START_TOGETHER  # pylint: disable=global-statement
+  _START_TOGETHER = barrier
+
+
 def _worker(args) -> Tuple[int, float]:
   """One simulated worker: (images decoded, median seconds per epoch).
 
@@ -92,6 +105,8 @@ def _worker(args) -> Tuple[int, float]:
   decoded, epochs = 0, []
   for _ in range(max(settings.repeats, 1)):
     decoded = 0
+    if _START_TOGETHER is not None:
+      _START_TOGETHER.wait(timeout=900)
     start = time.perf_counter()
     for _ in range(steps):
       decoded += decoded_per_batch(layout, int(next(batches).shape[0]), parts)
@@ -155,7 +170,8 @@ def sharding_benchmark(settings: Settings = Settings(), seed: int = 0,
     plan = [(parts, layout) for parts in settings.workers for layout in LAYOUTS]
     for parts, layout in tqdm(plan, desc="sharding", file=sys.stderr,
                               disable=not progress, leave=False):
-      with context.Pool(parts) as pool:
+      barrier = context.Barrier(parts)
+      with context.Pool(parts, initializer=_set_barrier, initargs=(barrier,)) as pool:
         outcomes = pool.map(_worker, [(layout, root, settings, w, parts)
                                       for w in range(parts)])
       runs.append(summarize(layout, parts, outcomes, epoch_images))

@@ -1,7 +1,7 @@
 """The GPU check: on a machine with an NVIDIA GPU, runs the tests of the model,
 rasterizer, training and export on the GPU, a MirroredStrategy training step,
 and the train_step (float32, mixed_float16, --jit_compile) and inference
-benchmarks, each time-boxed so the whole fits in about 15 minutes, and writes
+benchmarks, each time-boxed (the limits add up to 16 minutes), and writes
 every part's outcome and JSON to one file.
 
   python -m tfsym3d.bench.gpu_check --out gpu_check.json

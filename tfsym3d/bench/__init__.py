@@ -4,6 +4,7 @@
   python -m tfsym3d.bench train_step  [--json] ...  (tfsym3d.bench.train_step)
   python -m tfsym3d.bench data        [--json] ...  (tfsym3d.bench.data)
   python -m tfsym3d.bench inference   [--json] ...  (tfsym3d.bench.inference)
+  python -m tfsym3d.bench sharding    [--json] ...  (tfsym3d.bench.sharding)
 
 They ship inside the installed package so that users can measure on their own
 machine (absolute figures do not carry from one CPU to another; the ratios to
@@ -37,6 +38,7 @@ BENCHMARKS = {
     "train_step": "tfsym3d.bench.train_step",
     "data": "tfsym3d.bench.data",
     "inference": "tfsym3d.bench.inference",
+    "sharding": "tfsym3d.bench.sharding",
 }
 
 

@@ -20,8 +20,9 @@ def define_flags():
   --progress are tfsym3d.flags'. Without --batch_size each benchmark uses its
   own default."""
   flags.DEFINE_integer("repeats", 0, "Timed calls (renderer, inference) or epochs "
-                       "(data), median; 0: the benchmark's default.")
-  flags.DEFINE_integer("warmup", 0, "Untimed calls / steps / epochs before timing; "
+                       "(data, sharding), median; 0: the benchmark's default.")
+  flags.DEFINE_integer("warmup", 0, "Untimed calls / steps / epochs (data) / batches "
+                       "(sharding) before timing; "
                        "0: the benchmark's default. The first call (tracing, "
                        "compilation) is never timed.")
   flags.DEFINE_bool("anchor", True, "Also time the reference's PyTorch code in the same "

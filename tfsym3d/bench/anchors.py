@@ -21,6 +21,17 @@ def ratio(ours: Optional[float], anchor: Union[float, str, None]) -> Optional[fl
   return None
 
 
+def describe(anchor: Union[Dict, str, None], measured: Callable[[Dict], str],
+             label: str) -> Optional[str]:
+  """A table's anchor line(s): `measured(anchor)` when the anchor was timed
+  (a dict), "<label>: <why not>" when it was not (a string), None without one."""
+  if isinstance(anchor, dict):
+    return measured(anchor)
+  if anchor:
+    return f"{label}: {anchor}"
+  return None
+
+
 def time_calls(call: Callable[[], object], repeats: int, warmup: int) -> list:
   """Seconds of `repeats` calls after `warmup` untimed ones (at least one)."""
   for _ in range(max(int(warmup), 1)):

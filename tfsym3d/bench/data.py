@@ -225,12 +225,12 @@ def format(result: Dict) -> str:  # pylint: disable=redefined-builtin
   lines.append(f"{'synthetic tf_dataset':<22} "
                f"{result['synthetic_tf_dataset_images_per_s']:10.1f}  "
                "the same through SynFaces.tf_dataset")
-  loader = result.get("anchor_torch")
-  if isinstance(loader, dict):
-    lines.append(f"{'anchor: PIL + workers':<22} {loader['images_per_s']:10.1f}  the same "
-                 f"JPEGs, torch DataLoader, {loader['workers']} worker processes; "
-                 f"folder {result['folder_speedup_vs_torch']:.2f}x")
-  elif loader:
-    lines.append(f"anchor, reference-style PIL loader: {loader}")
+  line = anchors.describe(
+      result.get("anchor_torch"),
+      lambda loader: (f"{'anchor: PIL + workers':<22} {loader['images_per_s']:10.1f}  the "
+                      f"same JPEGs, torch DataLoader, {loader['workers']} worker processes; "
+                      f"folder {result['folder_speedup_vs_torch']:.2f}x"),
+      "anchor, reference-style PIL loader")
+  lines += [line] if line else []
   lines.append(machine.format_environment(result))
   return "\n".join(lines)

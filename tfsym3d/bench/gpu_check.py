@@ -1,11 +1,12 @@
 """The GPU check: on a machine with an NVIDIA GPU, runs the tests of the model,
 rasterizer, training and export on the GPU, a MirroredStrategy training step,
 and the train_step (float32, mixed_float16, --jit_compile) and inference
-benchmarks, each time-boxed so the whole fits in about 15 minutes, and writes
+benchmarks, each time-boxed (the limits add up to 16 minutes), and writes
 every part's outcome and JSON to one file.
 
   python -m tfsym3d.bench.gpu_check --out gpu_check.json
   python -m tfsym3d.bench.gpu_check --cpu_ok --dry_run --out x.json   # CPU smoke
+  python -m tfsym3d.bench.gpu_check --list [--dry_run]     # the parts' commands
 
 --dry_run runs each part at tiny sizes (one test per file, tiny configs),
 --cpu_ok lets it run without a GPU (the JSON then says so): together they
@@ -16,6 +17,7 @@ tests live there).
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -24,28 +26,35 @@ import time
 # object on stdout; pytest parts are judged by their exit status.
 _TINY = ["--image_size", "16", "--nf", "4", "--zdim", "8", "--nf_encoder", "4",
          "--nf_conf", "4", "--zdim_conf", "8"]
-_TEST_FILES = ["tests/test_model.py", "tests/test_rasterizer.py", "tests/test_train.py",
-               "tests/test_export.py"]
+TEST_FILES = ["tests/test_model.py", "tests/test_rasterizer.py", "tests/test_train.py",
+              "tests/test_export.py"]
+# The dry run's tests: one quick test of each of TEST_FILES, same order.
+DRY_RUN_TESTS = ["tests/test_model.py::test_decomposition_fields_ranges_and_formulas",
+                 "tests/test_rasterizer.py::test_canonical_view_renders_input_depth_back",
+                 "tests/test_train.py::test_missing_dataset_fails_at_once_saying_how_to_prepare",
+                 "tests/test_export.py::test_representative_folder_images"]
 
 
 def parts(python: str):
-  """The check's parts: (name, time limit s, argv, dry-run argv)."""
+  """The check's parts: (name, time limit s, argv, dry-run argv). The dry run
+  runs every part as the full one does, at tiny sizes."""
   bench = [python, "-m", "tfsym3d.bench"]
   train = bench + ["train_step", "--json", "--flagfile=configs/reference_model.cfg",
                    "--steps", "5", "--warmup", "2"]
   tiny_train = bench + ["train_step", "--json", "--batch_size", "2", *_TINY, "--steps", "1",
                         "--warmup", "1", "--vgg_weights", "none"]
+  # The anchor (PyTorch on the CPU) is timed once, with float32.
   return [
-      ("tests", 300, [python, "-m", "pytest", "-q", "-x", "-m", "not slow", *_TEST_FILES],
-       [python, "-m", "pytest", "-q", "-x", "tests/test_bench.py", "-k",
-        "cpu_description"]),
+      ("tests", 300, [python, "-m", "pytest", "-q", "-x", "-m", "not slow", *TEST_FILES],
+       [python, "-m", "pytest", "-q", "-x", *DRY_RUN_TESTS]),
       ("mirrored_strategy_step", 120,
        [python, "-c", _MIRRORED_SNIPPET, "64", "64"],
        [python, "-c", _MIRRORED_SNIPPET, "16", "4"]),
       ("train_step_float32", 120, train, tiny_train),
-      ("train_step_mixed_float16", 120, train + ["--mixed_precision"],
-       tiny_train + ["--mixed_precision"]),
-      ("train_step_jit_compile", 150, train + ["--jit_compile"], tiny_train + ["--noanchor"]),
+      ("train_step_mixed_float16", 120, train + ["--mixed_precision", "--noanchor"],
+       tiny_train + ["--mixed_precision", "--noanchor"]),
+      ("train_step_jit_compile", 150, train + ["--jit_compile", "--noanchor"],
+       tiny_train + ["--jit_compile", "--noanchor"]),
       ("inference", 150, bench + ["inference", "--json", "--repeats", "30"],
        bench + ["inference", "--json", *_TINY, "--repeats", "2", "--warmup", "1",
                 "--threads", "1", "--inference_formats", "keras"]),
@@ -96,25 +105,40 @@ def run_part(name, limit_s, argv, env):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--out", required=True, help="JSON file written (all parts).")
+  parser.add_argument("--out", help="JSON file written (all parts); required unless --list.")
   parser.add_argument("--dry_run", action="store_true", help="Tiny sizes: checks the "
                       "script itself, not the GPU's speed.")
   parser.add_argument("--cpu_ok", action="store_true", help="Run even without a GPU.")
   parser.add_argument("--only", default="", help="Comma-separated part names to run.")
+  parser.add_argument("--list", action="store_true", help="Print each part's name, "
+                      "time limit and command (the dry run's with --dry_run) and exit.")
   args = parser.parse_args(argv)
+  only = {n for n in args.only.split(",") if n}
+  chosen = [(name, limit_s, dry if args.dry_run else full)
+            for name, limit_s, full, dry in parts(sys.executable)
+            if not only or name in only]
+  known = [name for name, *_ in parts(sys.executable)]
+  if only - set(known):
+    parser.error(f"--only: unknown part(s) {', '.join(sorted(only - set(known)))}; "
+                 f"choose from {', '.join(known)}")
+  if args.list:
+    for name, limit_s, command in chosen:
+      print(f"{name}\t{limit_s}\t{shlex.join(command)}")
+    return 0
+  if not args.out:
+    parser.error("--out is required (the JSON file the check writes)")
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   gpus = [g.name for g in tf.config.list_physical_devices("GPU")]
   if not gpus and not args.cpu_ok:
     sys.exit("gpu_check: TensorFlow sees no GPU (nvidia-smi? a CUDA build of "
              "TensorFlow?); pass --cpu_ok to run the parts on the CPU anyway.")
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  only = {n for n in args.only.split(",") if n}
-  report = {"gpus": gpus, "dry_run": args.dry_run, "parts": []}
-  for name, limit_s, full, dry in parts(sys.executable):
-    if only and name not in only:
-      continue
+  from tfsym3d.bench import machine  # pylint: disable=g-import-not-at-top
+  report = {"gpus": gpus, "dry_run": args.dry_run, "environment": machine.environment(),
+            "parts": []}
+  for name, limit_s, command in chosen:
     print(f"gpu_check: {name} (at most {limit_s} s)", file=sys.stderr, flush=True)
-    entry = run_part(name, limit_s, dry if args.dry_run else full, env)
+    entry = run_part(name, limit_s, command, env)
     report["parts"].append(entry)
     with open(args.out, "w") as f:  # after every part: a timeout keeps the rest
       json.dump(report, f, indent=1)

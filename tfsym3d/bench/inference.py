@@ -255,15 +255,17 @@ def format(result: Dict) -> str:  # pylint: disable=redefined-builtin
       continue
     lines.append(f"{name:<20}" + "".join(machine.fmt(entry.get(k), "11.2f") for k in keys)
                  + machine.fmt(entry.get("mb"), "9.2f"))
-  torch_ms = result.get("anchor_torch")
-  if isinstance(torch_ms, dict):
-    lines.append(f"{'anchor: PyTorch ' + torch_ms['torch']:<20}"
-                 + "".join(machine.fmt(torch_ms.get(k), "11.2f") for k in keys))
-    lines.append("speed-up over the PyTorch networks, same run and thread count:")
+
+  def measured(torch_ms):
+    rows = [f"{'anchor: PyTorch ' + torch_ms['torch']:<20}"
+            + "".join(machine.fmt(torch_ms.get(k), "11.2f") for k in keys),
+            "speed-up over the PyTorch networks, same run and thread count:"]
     for name, ratios in result["speedup_vs_torch"].items():
-      lines.append(f"  {name:<18}" + "".join(
+      rows.append(f"  {name:<18}" + "".join(
           f"{machine.fmt(ratios.get(k), '10.2f')}x" for k in keys))
-  elif torch_ms:
-    lines.append(f"anchor, PyTorch networks: {torch_ms}")
+    return "\n".join(rows)
+
+  line = anchors.describe(result.get("anchor_torch"), measured, "anchor, PyTorch networks")
+  lines += [line] if line else []
   lines.append(machine.format_environment(result))
   return "\n".join(lines)

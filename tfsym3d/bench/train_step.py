@@ -248,13 +248,13 @@ def format(result: Dict) -> str:  # pylint: disable=redefined-builtin
                    f"{entry['share']:8.1%}{entry['count_per_step']:10.0f}")
     parts = ", ".join(f"{k} {v:.0f}" for k, v in prof["by_part"].items())
     lines.append(f"    by part (ms/step): {parts}")
-  torch_step = result.get("anchor_torch")
-  if isinstance(torch_step, dict):
-    lines.append(f"  anchor, PyTorch {torch_step['torch']} reference step (identity warp, "
-                 f"{torch_step['threads']} threads): {torch_step['images_per_s']:.2f} "
-                 f"images/s; ours {result['speedup_vs_torch']:.2f}x")
-  elif torch_step:
-    lines.append(f"  anchor, PyTorch reference step: {torch_step}")
+  line = anchors.describe(
+      result.get("anchor_torch"),
+      lambda step: (f"  anchor, PyTorch {step['torch']} reference step (identity warp, "
+                    f"{step['threads']} threads): {step['images_per_s']:.2f} images/s; "
+                    f"ours {result['speedup_vs_torch']:.2f}x"),
+      "  anchor, PyTorch reference step")
+  lines += [line] if line else []
   if result.get("bfloat16_warning"):
     lines.append(f"  warning: {result['bfloat16_warning']}")
   lines.append(machine.format_environment(result))

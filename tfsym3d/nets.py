@@ -127,8 +127,15 @@ def _group_norm(x, gamma, beta, groups, epsilon):
     inv = tf.math.rsqrt(var + epsilon)                                # [B, 1, C]
     scale = inv * gamma
     y = xf * scale + (beta - mean * scale)
+    # The tape calls `grad` outside this layer's name scope; naming its ops
+    # as the tape names the others keeps profiles' per-network split right.
+    grad_scope = f"gradient_tape/{tf.get_current_name_scope()}/"
 
     def grad(dy):
+      with tf.name_scope(grad_scope):
+        return _grad(dy)
+
+    def _grad(dy):
       dyf = tf.reshape(tf.cast(dy, tf.float32), tf.shape(xf))
       n = tf.cast(tf.shape(xf)[1] * cg, tf.float32)     # elements per group
       sum_dy = tf.reduce_sum(dyf, 1, keepdims=True)                   # [B, 1, C]

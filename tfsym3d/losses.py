@@ -137,12 +137,6 @@ def _kernels(model):
           if isinstance(layer, keras.layers.Conv2D)]
 
 
-# The perceptual network's dtype policies. Not float16: the features of
-# 0..255-scaled Caffe input and their loss-scaled gradients would have to fit
-# float16's range, which bfloat16 (float32's exponent) does not ask.
-VGG_PRECISIONS = ("float32", "mixed_bfloat16")
-
-
 class PerceptualLoss:
   """Confidence-weighted VGG16 relu3_3 feature loss (docs/method.md §6), frozen.
 
@@ -155,19 +149,12 @@ class PerceptualLoss:
     input_mode: how [-1, 1] images are normalised before VGG. 'caffe' matches
       Keras' ImageNet weights; 'torch' matches weights converted from
       torchvision (the reference implementation).
-    dtype: the frozen VGG's Keras dtype policy, one of VGG_PRECISIONS:
-      'float32', or 'mixed_bfloat16' to run its convolutions in bfloat16
-      (float32 weights; the features are cast back to float32, and the
-      preprocessing and the loss itself always compute in float32).
   """
 
-  def __init__(self, weights="imagenet", input_mode="caffe", dtype="float32"):
+  def __init__(self, weights="imagenet", input_mode="caffe"):
     if input_mode not in ("caffe", "torch"):
       raise ValueError(f"input_mode={input_mode!r}: use 'caffe' or 'torch'")
-    if dtype not in VGG_PRECISIONS:
-      raise ValueError(f"PerceptualLoss dtype={dtype!r}: use one of {VGG_PRECISIONS}")
     self.input_mode = input_mode
-    self.dtype = dtype
     self.weights = weights
     self.enabled = not (weights is None or str(weights).lower() == "none")
     self.features_model = None
@@ -180,11 +167,6 @@ class PerceptualLoss:
     # Frozen: optimisers must never see these variables.
     vgg.trainable = False
     self.features_model.trainable = False
-    if dtype != "float32":
-      # Set after loading: the weights stay float32 either way; each layer
-      # then casts its input to bfloat16 and computes in it.
-      for layer in self.features_model.layers:
-        layer.dtype_policy = dtype
 
   def preprocess(self, images):
     """[B, H, W, 3] RGB in [-1, 1] -> VGG16 input for `input_mode`."""
@@ -201,9 +183,8 @@ class PerceptualLoss:
     return bgr - _CAFFE_MEAN_BGR
 
   def features(self, images):
-    """[B, H, W, 3] in [-1, 1] -> [B, H/4, W/4, 256] float32 relu3_3 features."""
-    feats = self.features_model(self.preprocess(images), training=False)
-    return tf.cast(feats, tf.float32)
+    """[B, H, W, 3] in [-1, 1] -> [B, H/4, W/4, 256] relu3_3 features."""
+    return self.features_model(self.preprocess(images), training=False)
 
   def __call__(self, recon, target, mask=None, sigma=None):
     """The loss of R against I.

@@ -178,11 +178,7 @@ class Unsup3D(keras.Model):
     self._networks_fn = (tf.function(self._run_networks, jit_compile=True)
                          if jit_compile else self._run_networks)
     self.renderer = Renderer(config)
-    # The frozen VGG computes in bfloat16 with the networks (its loss stays
-    # float32); under mixed_float16 it stays float32 (losses.VGG_PRECISIONS).
-    vgg_dtype = precision if precision in losses_lib.VGG_PRECISIONS else "float32"
-    self.perceptual = (losses_lib.PerceptualLoss(config.vgg_weights, config.vgg_input,
-                                                 dtype=vgg_dtype)
+    self.perceptual = (losses_lib.PerceptualLoss(config.vgg_weights, config.vgg_input)
                        if config.lam_perc > 0 else losses_lib.PerceptualLoss("none"))
     if config.lam_perc > 0 and not self.perceptual.enabled:
       logging.warning("Perceptual loss weight %.3g but VGG weights 'none': the "

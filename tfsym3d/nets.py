@@ -36,7 +36,6 @@ bottleneck is always 1 x 1.
 """
 
 import keras
-import tensorflow as tf
 
 _PARAM_LAYERS = (keras.layers.Conv2D, keras.layers.Conv2DTranspose,
                  keras.layers.GroupNormalization)
@@ -86,108 +85,13 @@ def tconv(ch, k, s=1, padding="same"):
       kernel_initializer=_torch_default_init(), name=name, dtype=dtype)
 
 
-def _group_norm(x, gamma, beta, groups, epsilon):
-  """GroupNorm of NHWC maps with float32 statistics and a hand-written gradient.
-
-  The same function as keras.layers.GroupNormalization's (biased group
-  variance, `gamma * (x - mean) / sqrt(var + epsilon) + beta`), computed from
-  per-channel moments over H x W that are then combined per group (the
-  parallel-variance formula, exact, two-pass stable): the reductions run over
-  one contiguous axis instead of Keras' five-dimensional group layout, and
-  the gradient is two per-channel sums and one element-wise pass instead of
-  the tape's many broadcasts.
-
-  Args:
-    x: [B, H, W, C] in any float dtype; computed in float32.
-    gamma, beta: [C] float32.
-    groups: G, dividing C.
-    epsilon: added to the variance.
-  Returns:
-    [B, H, W, C] in x's dtype.
-  """
-  in_dtype = x.dtype
-
-  @tf.custom_gradient
-  def norm(x, gamma, beta):
-    shape = tf.shape(x)
-    c = x.shape[-1]
-    cg = c // groups
-    xf = tf.reshape(tf.cast(x, tf.float32), [shape[0], -1, c])       # [B, N, C]
-    batch = tf.shape(xf)[0]
-
-    def per_channel(t):                                 # [B, C] -> [B, 1, C] by group
-      grouped = tf.reshape(t, [batch, groups, cg])
-      summed = tf.reduce_sum(grouped, -1, keepdims=True)
-      return tf.reshape(tf.broadcast_to(summed, [batch, groups, cg]), [batch, 1, c])
-
-    mean_c = tf.reduce_mean(xf, 1, keepdims=True)                     # [B, 1, C]
-    var_c = tf.reduce_mean(tf.math.squared_difference(xf, mean_c), 1, keepdims=True)
-    mean = per_channel(mean_c[:, 0]) / cg
-    var = per_channel((var_c + tf.square(mean_c - mean))[:, 0]) / cg
-    inv = tf.math.rsqrt(var + epsilon)                                # [B, 1, C]
-    scale = inv * gamma
-    y = xf * scale + (beta - mean * scale)
-    # The tape calls `grad` outside this layer's name scope; naming its ops
-    # as the tape names the others keeps profiles' per-network split right.
-    grad_scope = f"gradient_tape/{tf.get_current_name_scope()}/"
-
-    def grad(dy):
-      with tf.name_scope(grad_scope):
-        return _grad(dy)
-
-    def _grad(dy):
-      dyf = tf.reshape(tf.cast(dy, tf.float32), tf.shape(xf))
-      n = tf.cast(tf.shape(xf)[1] * cg, tf.float32)     # elements per group
-      sum_dy = tf.reduce_sum(dyf, 1, keepdims=True)                   # [B, 1, C]
-      sum_dy_xhat = inv * (tf.reduce_sum(dyf * xf, 1, keepdims=True) - mean * sum_dy)
-      # d/dxhat = gamma * dy; its group mean m1 and the group mean m2 of its
-      # product with xhat give dx = inv * (gamma * dy - m1 - xhat * m2).
-      m1 = per_channel((gamma * sum_dy)[:, 0]) / n
-      m2 = per_channel((gamma * sum_dy_xhat)[:, 0]) / n
-      coef_x = -inv * inv * m2
-      dx = dyf * scale + xf * coef_x + (-inv * m1 - coef_x * mean)
-      return (tf.cast(tf.reshape(dx, shape), in_dtype),
-              tf.reduce_sum(sum_dy_xhat, [0, 1]), tf.reduce_sum(sum_dy, [0, 1]))
-
-    return tf.cast(tf.reshape(y, shape), in_dtype), grad
-
-  return norm(x, tf.cast(gamma, tf.float32), tf.cast(beta, tf.float32))
-
-
-class GroupNormalization(keras.layers.GroupNormalization):
-  """keras.layers.GroupNormalization (same variables, config and math) for
-  NHWC inputs, computed by `_group_norm`: statistics and normalisation in
-  float32 whatever the input's dtype, the result in the input's dtype (a
-  16-bit network then casts once on the way in and once on the way out).
-
-  Only channels-last rank-4 inputs with scale and center (what the networks
-  use); anything else raises ValueError.
-  """
-
-  def build(self, input_shape):
-    if len(input_shape) != 4 or self.axis not in (-1, 3) or not (self.scale and
-                                                                 self.center):
-      raise ValueError(f"{self.name}: GroupNormalization here takes [B, H, W, C] "
-                       "inputs with axis=-1, scale and center; got input shape "
-                       f"{input_shape}, axis {self.axis}.")
-    super().build(input_shape)
-
-  def call(self, inputs):
-    return _group_norm(inputs, self.gamma, self.beta, self.groups, self.epsilon)
-
-  def compute_output_spec(self, inputs):
-    return keras.KerasTensor(inputs.shape, dtype=inputs.dtype)
-
-
 def group_norm(ch):
-  """GroupNorm with 4 channels per group, always computed in float32."""
+  """GroupNorm with 4 channels per group, always in float32."""
   # 16 / 32 / 64 groups at nf = 64 as in the reference, and still valid at
   # reduced widths. Keras' default eps is 1e-3; torch's 1e-5. Always float32:
   # the group variance of 16-bit activations loses most of its digits (and
-  # overflows in float16). The output keeps the input's dtype: it is what
-  # the next 16-bit layer computes in, so a float32 result would only be
-  # cast down again.
-  return lambda name, dtype: GroupNormalization(
+  # overflows in float16); the layer casts its input up.
+  return lambda name, dtype: keras.layers.GroupNormalization(
       groups=max(ch // 4, 1), epsilon=1e-5, name=name, dtype="float32")
 
 

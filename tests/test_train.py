@@ -296,6 +296,8 @@ def test_nonfinite_steps_are_skipped_and_a_streak_stops_the_run(tmp_path):
   model.build((None, 16, 16, 3))
   optimizer = make_optimizer(config)
   model.compile(optimizer=optimizer)
+  from tfsym3d import step as step_lib
+  model.keep_weight_average(step_lib.WeightAverage(runs.trainable_weight_dict(model), 0.9))
   good = tf.random.stateless_uniform([2, 16, 16, 3], [3, 4], -1, 1)
   bad = tf.tensor_scatter_nd_update(good, [[0, 5, 5, 0]], [float("nan")])
   # Two good steps (checkpointed), then only bad ones.
@@ -321,6 +323,8 @@ def test_nonfinite_steps_are_skipped_and_a_streak_stops_the_run(tmp_path):
   assert not np.array_equal(weights[1][0], weights[2][0])
   assert manager.latest_checkpoint.endswith("ckpt-2")
   assert int(optimizer.iterations.numpy()) == 2
+  # The weight average moved with the good steps only.
+  assert int(model.weight_average.updates.numpy()) == 2
 
 
 def test_init_from_loads_weights_only(tmp_path):
@@ -387,3 +391,66 @@ def test_train_in_process_reads_configs_not_flags(tmp_path):
   assert float(model.lam_depth_sm.numpy()) == pytest.approx(0.3)
   assert tf.train.latest_checkpoint(str(tmp_path / "run" / "ckpt")).endswith("ckpt-4")
   assert not (tmp_path / "run" / "flags.txt").exists()   # no flagfile text given
+
+
+def test_weight_average_follows_its_formula():
+  from tfsym3d import step as step_lib
+  weight = tf.Variable([2.0, -4.0])
+  average = step_lib.WeightAverage({"w": weight}, decay=0.9)
+  expected = weight.numpy().copy()
+  for n, value in enumerate([[4.0, 0.0], [0.0, 8.0], [1.0, 1.0], [5.0, 5.0]]):
+    weight.assign(value)
+    average.update()
+    d = min(0.9, (1 + n) / (10 + n))     # the warm-up: 0.1, 0.18, 0.25, 0.31
+    expected = d * expected + (1 - d) * np.array(value)
+    np.testing.assert_allclose(average.averaged["w"].numpy(), expected, rtol=1e-6)
+  assert int(average.updates.numpy()) == 4
+  average.copy_to_weights()
+  np.testing.assert_allclose(weight.numpy(), expected, rtol=1e-6)
+  with pytest.raises(ValueError, match="weight_average_decay"):
+    step_lib.WeightAverage({"w": weight}, decay=1.0)
+
+
+def test_weight_average_is_checkpointed_evaluated_and_resumed(tmp_path):
+  """A run with --weight_average_decay: its checkpoints hold raw and averaged
+  weights; restore_weights reads the average (what evaluation and export
+  see); a resumed run continues from the raw weights and the restored
+  average; a run without the average restores raw weights."""
+  from tfsym3d import runs, train as train_lib
+  from tfsym3d.config import ModelConfig, TrainConfig
+  from tfsym3d.data import sources
+  config = ModelConfig(image_size=16, nf=4, zdim=8, nf_encoder=4, nf_conf=4, zdim_conf=4,
+                       vgg_weights="none", lam_perc=0.0, renderer_xla=False,
+                       learning_rate=1e-3)
+  run_dir = str(tmp_path / "run")
+  data = sources.DataSource(dataset="synfaces", image_size=16, batch_size=2)
+
+  def run(epochs):
+    tc = TrainConfig(run_dir=run_dir, epochs=epochs, steps_per_epoch=3,
+                     checkpoint_every=0, val_images=0, images_every=0, log_every=0,
+                     progress=False, weight_average_decay=0.5)
+    return train_lib.train(config, tc, data, tf.distribute.OneDeviceStrategy("/cpu:0"))
+
+  first = run(epochs=1)["model"]
+  prefix = tf.train.latest_checkpoint(os.path.join(run_dir, "ckpt"))
+  assert runs.has_weight_average(prefix)
+  reader = tf.train.load_checkpoint(prefix)
+  key = "netD/network_0/kernel"
+  raw = reader.get_tensor(f"weights/{key.replace('/', '.S')}/.ATTRIBUTES/VARIABLE_VALUE")
+  mean = reader.get_tensor(
+      f"averaged_weights/{key.replace('/', '.S')}/.ATTRIBUTES/VARIABLE_VALUE")
+  assert np.abs(raw - mean).max() > 1e-6          # they differ after 3 steps
+  # The finished run's model holds the average.
+  np.testing.assert_array_equal(runs.weight_dict(first)[key].numpy(), mean)
+  averaged_model, raw_model = runs.build_model(config), runs.build_model(config)
+  runs.restore_weights(averaged_model, prefix)
+  runs.restore_weights(raw_model, prefix, averaged=False)
+  np.testing.assert_array_equal(runs.weight_dict(averaged_model)[key].numpy(), mean)
+  np.testing.assert_array_equal(runs.weight_dict(raw_model)[key].numpy(), raw)
+
+  # Resuming for a second epoch: 3 more averaged updates, 6 in all.
+  second = run(epochs=2)
+  assert second["steps"] == 6
+  prefix = tf.train.latest_checkpoint(os.path.join(run_dir, "ckpt"))
+  assert int(tf.train.load_checkpoint(prefix).get_tensor(
+      "average_updates/.ATTRIBUTES/VARIABLE_VALUE")) == 6

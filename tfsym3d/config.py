@@ -100,6 +100,9 @@ class TrainConfig:
   lr_schedule: str = "constant"     # 'constant' or 'cosine' (to lr * lr_final_fraction)
   lr_final_fraction: float = 0.1
   adam_epsilon: float = 1e-8
+  # > 0: keep an exponential moving average of the weights with this decay
+  # per step; a finished run is evaluated and exported with it.
+  weight_average_decay: float = 0.0
   # lam_flip is 1.0 for the first lam_flip_start_epoch epochs (docs/method.md §6).
   lam_flip_start_epoch: int = 0
   # None: a constant depth smoothness weight; else linear to this in the last epoch.
@@ -119,6 +122,9 @@ class TrainConfig:
   def __post_init__(self):
     if self.epochs < 1:
       raise ValueError(f"epochs={self.epochs}: must be >= 1 (--epochs)")
+    if not 0.0 <= self.weight_average_decay < 1.0:
+      raise ValueError(f"weight_average_decay={self.weight_average_decay}: use 0 "
+                       "(off) or a decay in (0, 1), e.g. 0.999 (--weight_average_decay)")
     if self.lr_schedule not in ("constant", "cosine"):
       raise ValueError(f"lr_schedule={self.lr_schedule!r}: use 'constant' or 'cosine'")
 

@@ -156,6 +156,11 @@ flags.DEFINE_bool("mixed_precision", False, "Networks compute in mixed_float16 "
                   "(with dynamic loss scaling) on GPU or mixed_bfloat16 on CPU; "
                   "GroupNorm, output activations, geometry, renderer and losses "
                   "stay float32.")
+flags.DEFINE_float("weight_average_decay", 0.0, "Keep an exponential moving "
+                   "average of the weights with this decay per step (0.999: about "
+                   "the last 1,000 steps; 0: none). Evaluation, export and "
+                   "--init_from then read the average; training resumes from the "
+                   "raw weights.")
 flags.DEFINE_float("adam_epsilon", 1e-8, "Adam's epsilon (reference 1e-8).")
 
 # ----------------------------------------------------------- evaluation ----

@@ -200,6 +200,14 @@ class Unsup3D(keras.Model):
                                         name="nonfinite_streak", aggregation=first)
     self.skipped_steps = tf.Variable(0, trainable=False, dtype=tf.int32,
                                      name="skipped_steps", aggregation=first)
+    # A training run's moving average of the weights (`keep_weight_average`);
+    # untracked: `tfsym3d.runs.checkpoint_for` names it in checkpoints.
+    object.__setattr__(self, "weight_average", None)
+
+  def keep_weight_average(self, average: Optional[step_lib.WeightAverage]) -> None:
+    """Updates `average` (a `tfsym3d.step.WeightAverage` of this model's
+    trainable weights) after every applied training step; None: no average."""
+    object.__setattr__(self, "weight_average", average)
 
   @property
   def networks(self) -> Dict[str, keras.Model]:
@@ -392,7 +400,8 @@ class Unsup3D(keras.Model):
     `tfsym3d.train`'s guard; a loss-scale overflow is not a bad step.
     """
     images = _images_of(data)
-    update = step_lib.GuardedUpdate(self.optimizer, self.config.weight_decay)
+    update = step_lib.GuardedUpdate(self.optimizer, self.config.weight_decay,
+                                    self.weight_average)
     with tf.GradientTape() as tape:
       terms = self.compute_losses(images, self(images, training=True))
       loss = update.loss_for_gradients(terms["total"])

@@ -7,6 +7,7 @@ from typing import Dict, List, Optional
 
 from absl import app
 from absl import flags
+from absl import logging
 import tensorflow as tf
 
 from tfsym3d import flags as _shared_flags  # noqa: F401  (defines the flags read here)
@@ -62,16 +63,44 @@ def weight_dict(model: Unsup3D) -> Dict[str, tf.Variable]:
   return named
 
 
-def checkpoint_for(model: Unsup3D, **extra) -> tf.train.Checkpoint:
-  """A tf.train.Checkpoint of the model's weights and state (and `extra`)."""
-  return tf.train.Checkpoint(model=model, weights=weight_dict(model), **extra)
+def trainable_weight_dict(model: Unsup3D) -> Dict[str, tf.Variable]:
+  """`weight_dict` restricted to the trainable weights (what a
+  `tfsym3d.step.WeightAverage` averages)."""
+  return {key: v for key, v in weight_dict(model).items() if v.trainable}
 
 
-def restore_weights(model: Unsup3D, path: str) -> str:
-  """Loads a checkpoint's model weights (not the optimiser); returns its prefix."""
+def checkpoint_for(model: Unsup3D, with_average: bool = True,
+                   **extra) -> tf.train.Checkpoint:
+  """A tf.train.Checkpoint of the model's weights and state (and `extra`),
+  with the moving average of its weights when the model keeps one and
+  `with_average`."""
+  items = dict(model=model, weights=weight_dict(model), **extra)
+  if with_average and model.weight_average is not None:
+    items.update(model.weight_average.checkpoint_items())
+  return tf.train.Checkpoint(**items)
+
+
+def has_weight_average(prefix: str) -> bool:
+  """Whether the checkpoint at `prefix` holds a moving average of the weights
+  (written by a run with --weight_average_decay)."""
+  return any(name.startswith("averaged_weights/")
+             for name, _ in tf.train.list_variables(prefix))
+
+
+def restore_weights(model: Unsup3D, path: str, averaged: bool = True) -> str:
+  """Loads a checkpoint's model weights (not the optimiser); returns its prefix.
+
+  When the checkpoint holds a moving average of the weights and `averaged`,
+  the trainable weights are the average's (what a finished run is evaluated
+  and exported with), the rest the checkpoint's own.
+  """
   prefix = checkpoint_prefix(path)
-  status = checkpoint_for(model).restore(prefix)
+  status = checkpoint_for(model, with_average=False).restore(prefix)
   status.expect_partial().assert_existing_objects_matched()
+  if averaged and has_weight_average(prefix):
+    average = tf.train.Checkpoint(averaged_weights=trainable_weight_dict(model))
+    average.restore(prefix).expect_partial().assert_existing_objects_matched()
+    logging.info("%s: the moving average of the weights", prefix)
   return prefix
 
 

@@ -12,7 +12,9 @@ Everything about *applying* lives here, in `GuardedUpdate`:
     differentiation, gradients divided by it before Adam, the scale halved on
     an overflow and doubled after `dynamic_growth_steps` good steps;
   - the non-finite guard: a step whose loss or gradients are not finite on
-    any replica is skipped whole (weights and Adam state untouched).
+    any replica is skipped whole (weights and Adam state untouched);
+  - the moving average of the weights (`WeightAverage`), when the run keeps
+    one: updated after every applied step, never after a skipped one.
 
 Only public Keras API is used: the scale bookkeeping is done here with the
 optimizer's public `dynamic_scale`, `step_counter` and `dynamic_growth_steps`
@@ -20,7 +22,7 @@ because finiteness has to be decided over every replica first, which Keras'
 own `apply` cannot be told.
 """
 
-from typing import Dict, NamedTuple
+from typing import Dict, NamedTuple, Optional
 
 import keras
 import tensorflow as tf
@@ -50,11 +52,15 @@ class GuardedUpdate:
   Args:
     optimizer: the model's compiled optimizer.
     weight_decay: the L2 coefficient of docs/method.md §6.
+    average: the run's `WeightAverage`, updated after each applied step;
+      None: no average.
   """
 
-  def __init__(self, optimizer: keras.optimizers.Optimizer, weight_decay: float):
+  def __init__(self, optimizer: keras.optimizers.Optimizer, weight_decay: float,
+               average: Optional["WeightAverage"] = None):
     self.optimizer = optimizer
     self.weight_decay = weight_decay
+    self.average = average
     self.scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
     self.replicas = tf.distribute.get_strategy().num_replicas_in_sync
 
@@ -134,6 +140,11 @@ class GuardedUpdate:
 
   def _update(self, grads, variables):
     """The update of a step known to be finite everywhere."""
+    self._apply_gradients(grads, variables)
+    if self.average is not None:
+      self.average.update()
+
+  def _apply_gradients(self, grads, variables):
     if not self.scaling:
       self.optimizer.apply_gradients(zip(grads, variables))
       return
@@ -168,3 +179,68 @@ def step_logs(terms: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
   if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
     return {k: v[None] for k, v in terms.items()}
   return terms
+
+
+class WeightAverage:
+  """An exponential moving average of a model's trainable weights.
+
+  After every applied step, `average = d * average + (1 - d) * weight` with
+  `d = min(decay, (1 + n) / (10 + n))` for the n-th update: the short
+  warm-up keeps the first steps' random weights from lingering in the
+  average. The averaged weights are what a finished run is evaluated and
+  exported with (`tfsym3d.runs.restore_weights` loads them from a checkpoint
+  that holds them); training itself always continues from the raw weights.
+
+  Keras' `Adam(use_ema=True)` keeps the same average inside the optimizer,
+  but its `fit` writes the average over the model's weights at the end of
+  every `fit` call, and a resumed run makes two calls: here the raw and the
+  averaged weights stay apart, both in the checkpoint.
+
+  Args:
+    weights: the trainable weights by checkpoint key (`runs.weight_dict`).
+    decay: the decay d per step, in (0, 1); 1 / (1 - d) steps is about
+      the average's span (0.999: the last thousand steps).
+  Create it under the strategy's scope, like the model.
+  """
+
+  def __init__(self, weights: Dict[str, tf.Variable], decay: float):
+    if not 0.0 < decay < 1.0:
+      raise ValueError(f"weight average decay {decay}: must be in (0, 1) "
+                       "(--weight_average_decay; 0 turns the average off)")
+    self.decay = float(decay)
+    self.weights = dict(weights)
+    # Every replica computes the same average from the same weights: the
+    # first replica's assignment is kept.
+    first = tf.VariableAggregation.ONLY_FIRST_REPLICA
+    self.averaged = {
+        key: tf.Variable(variable.value if hasattr(variable, "value") else variable,
+                         trainable=False, name="average_" + key.replace("/", "_"),
+                         aggregation=first)
+        for key, variable in self.weights.items()}
+    self.updates = tf.Variable(0, dtype=tf.int64, trainable=False,
+                               name="average_updates", aggregation=first)
+
+  def checkpoint_items(self) -> Dict[str, object]:
+    """What a tf.train.Checkpoint saves of the average (see `runs.checkpoint_for`)."""
+    return {"averaged_weights": dict(self.averaged), "average_updates": self.updates}
+
+  def update(self) -> None:
+    """Moves the average toward the current weights (one applied step)."""
+    n = tf.cast(self.updates, tf.float32)
+    decay = tf.minimum(self.decay, (1.0 + n) / (10.0 + n))
+    for key, average in self.averaged.items():
+      weight = tf.cast(self.weights[key], average.dtype)
+      average.assign(decay * average + (1.0 - decay) * weight)
+    self.updates.assign_add(1)
+
+  def reset(self) -> None:
+    """Starts the average again from the current weights (a run resumed from
+    a checkpoint written without one)."""
+    for key, average in self.averaged.items():
+      average.assign(self.weights[key])
+    self.updates.assign(0)
+
+  def copy_to_weights(self) -> None:
+    """Overwrites the weights with their average (the end of a run)."""
+    for key, average in self.averaged.items():
+      self.weights[key].assign(average)

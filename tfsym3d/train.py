@@ -53,6 +53,7 @@ from tfsym3d import flags as tflags
 from tfsym3d import evaluate as evaluate_lib
 from tfsym3d import metrics
 from tfsym3d import runs
+from tfsym3d import step as step_lib
 from tfsym3d import visualize
 from tfsym3d.config import ModelConfig, TrainConfig
 from tfsym3d.data import sources
@@ -492,7 +493,9 @@ def train(config: ModelConfig, train_config: TrainConfig, data: sources.DataSour
           precision: str = "float32") -> Dict:
   """Trains (or resumes) a run in train_config.run_dir; returns a summary
   dict (steps, epochs, steps_per_epoch, train_seconds, model, chief,
-  validation). Reads no flags: `main` builds both configs from them.
+  validation). Reads no flags: `main` builds both configs from them. With
+  train_config.weight_average_decay the returned model holds the moving
+  average of the weights (the raw ones stay in the checkpoints, for resuming).
 
   Args:
     config: what the model computes (its learning_rate included).
@@ -564,6 +567,9 @@ def _build_model(config: ModelConfig, tc: TrainConfig, strategy: tf.distribute.S
     optimizer.build(model.trainable_variables)
     model.compile(optimizer=optimizer, jit_compile=False)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_step")
+    if tc.weight_average_decay > 0:
+      model.keep_weight_average(step_lib.WeightAverage(
+          runs.trainable_weight_dict(model), tc.weight_average_decay))
   return model, optimizer, step
 
 
@@ -572,9 +578,11 @@ def _resume(model, optimizer, step: tf.Variable, tc: TrainConfig,
   """Restores the run's newest checkpoint (else --init_from's weights, if
   set); returns the manager that saves this process's checkpoints."""
   checkpoint = runs.checkpoint_for(model, optimizer=optimizer, step=step)
-  # Every worker resumes from the chief's checkpoints...
-  resumed = restore_latest(checkpoint, tf.train.CheckpointManager(
-      checkpoint, os.path.join(tc.run_dir, "ckpt"), max_to_keep=tc.keep_checkpoints))
+  # Every worker resumes from the chief's checkpoints (the weight average
+  # apart: a checkpoint may have been written without one)...
+  core = runs.checkpoint_for(model, with_average=False, optimizer=optimizer, step=step)
+  resumed = restore_latest(core, tf.train.CheckpointManager(
+      core, os.path.join(tc.run_dir, "ckpt"), max_to_keep=tc.keep_checkpoints))
   # ...and saves into its own write directory (the run's, for the chief).
   manager = tf.train.CheckpointManager(checkpoint, os.path.join(write_dir, "ckpt"),
                                        max_to_keep=tc.keep_checkpoints)
@@ -583,6 +591,12 @@ def _resume(model, optimizer, step: tf.Variable, tc: TrainConfig,
   elif tc.init_from:
     prefix = runs.restore_weights(model, tc.init_from)
     logging.info("weights initialised from %s", prefix)
+  average = model.weight_average
+  if average is not None:
+    if resumed and runs.has_weight_average(resumed):
+      tf.train.Checkpoint(**average.checkpoint_items()).restore(resumed).expect_partial()
+    else:
+      average.reset()
   return manager
 
 
@@ -627,6 +641,17 @@ def _fit(model, stream, phases, callbacks, guard: NonFiniteGuard, next_stream):
     stream = next_stream()
 
 
+def _final_weights(model) -> None:
+  """The weights a finished run is evaluated with: their moving average when
+  the run keeps one (its checkpoints hold both; `runs.restore_weights` reads
+  the average)."""
+  if model.weight_average is not None:
+    model.weight_average.copy_to_weights()
+    logging.info("final weights: the moving average of the last %d steps' weights "
+                 "(decay %g)", model.weight_average.updates.numpy(),
+                 model.weight_average.decay)
+
+
 def _train(config, tc, data, write_dir, chief, strategy, precision):
   """`train` once the strategy and the directories are settled."""
   run_dir, epochs = tc.run_dir, tc.epochs
@@ -646,6 +671,7 @@ def _train(config, tc, data, write_dir, chief, strategy, precision):
   start = int(step.numpy())
   if start >= total_steps:
     logging.info("step %d >= %d: training already finished", start, total_steps)
+    _final_weights(model)
     return {"steps": start, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
             "train_seconds": 0.0, "model": model, "chief": chief, "validation": []}
   stream = distributed_stream(strategy, data, start, steps_per_epoch)
@@ -674,6 +700,7 @@ def _train(config, tc, data, write_dir, chief, strategy, precision):
   seconds = time.perf_counter() - started
   if guard.reason:
     raise TrainingStopped(guard.reason)
+  _final_weights(model)
   return {"steps": int(step.numpy()), "epochs": epochs,
           "steps_per_epoch": steps_per_epoch, "train_seconds": seconds,
           "model": model, "chief": chief,

@@ -357,6 +357,10 @@ def define_flags():
                     "relief scale (oracle) and, on --dataset=synfaces, the "
                     "predicted viewpoint against the generator's (slopes, "
                     "correlations).")
+  flags.DEFINE_bool("weight_average", True, "For a run that keeps a moving average "
+                    "of its weights (--weight_average_decay): evaluate the average "
+                    "(the default, what export reads) or, with --noweight_average, "
+                    "the raw weights of the same checkpoint.")
 
 
 def main(argv):
@@ -368,7 +372,7 @@ def main(argv):
   data = runs.data_source_from_flags(config.image_size)
   try:
     model = runs.build_model(config)
-    prefix = runs.restore_weights(model, FLAGS.checkpoint)
+    prefix = runs.restore_weights(model, FLAGS.checkpoint, averaged=FLAGS.weight_average)
   except FileNotFoundError as error:
     raise app.UsageError(str(error)) from None
   logging.info("evaluating %s", prefix)
@@ -384,10 +388,13 @@ def main(argv):
   except (sources.DataNotFoundError, ValueError) as error:
     raise app.UsageError(str(error)) from None
   summary["checkpoint"] = prefix
+  summary["weights"] = ("moving average" if FLAGS.weight_average and
+                        runs.has_weight_average(prefix) else "raw")
   if FLAGS.json:
     sys.stdout.write(json.dumps(summary) + "\n")
   else:
     print(format_table(summary))
+    print(f"weights: {summary['weights']} ({prefix})")
     if "diagnosis" in summary:
       print(format_diagnosis(summary["diagnosis"]))
     print(f"per-image CSV and summary in {out_dir}")

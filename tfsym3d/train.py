@@ -755,6 +755,12 @@ def main(argv):
     summary["train_minutes"] = result["train_seconds"] / 60
     summary["wall_minutes"] = (time.perf_counter() - wall) / 60
     summary["steps"] = result["steps"]
+    summary["weights"] = ("moving average" if result["model"].weight_average is not None
+                          else "raw")
+    # The summary on disk gets the run's steps and minutes too
+    # (`tfsym3d.compare` reads them).
+    with open(os.path.join(eval_dir, "summary.json"), "w") as f:
+      json.dump({k: v for k, v in summary.items() if k != "files"}, f, indent=2)
     print(evaluate_lib.format_table(summary))
 
 

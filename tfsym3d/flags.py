@@ -143,6 +143,10 @@ flags.DEFINE_integer("images_every", 500, "TensorBoard image grids, histograms a
 flags.DEFINE_integer("max_nonfinite_steps", 5, "Stop after this many non-finite "
                      "(NaN/Inf) steps in a row; each one is skipped.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.DEFINE_integer("intra_op_threads", 0, "Threads one TensorFlow op may use (0: "
+                     "TensorFlow's choice, all cores). 1 suits small models on few "
+                     "cores: independent ops (the five networks) then run side by side "
+                     "instead of splitting each small op over every core.")
 flags.DEFINE_bool("jit_compile", False, "Compile the five networks (forward and "
                   "backward) of the train step as one XLA program (the "
                   "rasterizer's data-dependent search stays outside).")

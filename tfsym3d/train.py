@@ -647,7 +647,7 @@ def _final_weights(model) -> None:
   the average)."""
   if model.weight_average is not None:
     model.weight_average.copy_to_weights()
-    logging.info("final weights: the moving average of the last %d steps' weights "
+    logging.info("final weights: the moving average of the weights over %d steps "
                  "(decay %g)", model.weight_average.updates.numpy(),
                  model.weight_average.decay)
 
@@ -716,6 +716,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments {argv[1:]} (flags start with --)")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.INFO)
+  # Before TensorFlow's runtime starts (the strategy starts it).
+  if FLAGS.intra_op_threads > 0:
+    tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_op_threads)
   # First: the multi-worker strategy must set up the runtime itself.
   strategy = make_strategy(FLAGS.strategy)
   precision = precision_for(FLAGS.mixed_precision)

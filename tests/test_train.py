@@ -63,8 +63,9 @@ def _scalars(log_dir, tag):
 def test_tiny_train_resume_and_evaluate(tmp_path):
   run = tmp_path / "run"
   first = _run(["tfsym3d.train", f"--flagfile={TINY}", f"--run_dir={run}", "--epochs=1",
-                "--eval_images=0"])
+                "--eval_images=0", "--intra_op_threads=1"])
   assert _latest_step(run) == 6
+  assert "intra-op threads 1" in first.stderr
   assert (run / "flags.txt").read_text().count("--image_size=32") == 1
   assert list((run / "tb").glob("events.out.tfevents.*"))
   assert list((run / "images").glob("step0000006.png"))
@@ -88,10 +89,15 @@ def test_tiny_train_resume_and_evaluate(tmp_path):
                  "--lam_depth_sm_final=0.125"])
   assert _restored_step(second.stderr) == 6
   assert _latest_step(run) == 12
+  assert "intra-op threads all cores" in second.stderr
   weights = _scalars(run / "tb", "train/lam_depth_sm")
   assert weights and all(w == 0.125 for step, w in weights if step > 6), weights
   assert "constant null depth" in second.stdout and "average GT depth" in second.stdout
   assert (run / "eval" / "test" / "dump" / "000001_albedo.png").exists()
+  # The summary on disk has the run's steps: tfsym3d.compare reads them.
+  from tfsym3d import compare
+  row = compare.run_row(str(run))
+  assert (row["steps"], row["images"], row["weights"]) == (12, 12 * 8, "raw")
 
   result = _run(["tfsym3d.evaluate", f"--flagfile={TINY}", f"--checkpoint={run}",
                  "--eval_images=16", "--json", "--dump_images=1",

@@ -189,8 +189,7 @@ def evaluate_model(model, data, split: str, num: Optional[int], out_dir: Optiona
       writer.writerow(["index"] + list(per_image))
       for i in range(n):
         writer.writerow([i] + [f"{per_image[k][i]:.6f}" for k in per_image])
-    with open(os.path.join(out_dir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
+    write_summary(summary, out_dir)
     summary["files"] = {"per_image_csv": os.path.join(out_dir, "per_image.csv"),
                         "summary_json": os.path.join(out_dir, "summary.json")}
     if diagnose:
@@ -198,6 +197,16 @@ def evaluate_model(model, data, split: str, num: Optional[int], out_dir: Optiona
       write_diagnosis_csv(summary["diagnosis"], path)
       summary["files"]["diagnosis_csv"] = path
   return summary
+
+
+def write_summary(summary: dict, out_dir: str) -> str:
+  """Writes `summary` (less its "files" entry) as <out_dir>/summary.json;
+  returns the path. Callers that add fields (the checkpoint, the training
+  steps and minutes) write it again, so `tfsym3d.compare` finds them."""
+  path = os.path.join(out_dir, "summary.json")
+  with open(path, "w") as f:
+    json.dump({k: v for k, v in summary.items() if k != "files"}, f, indent=2)
+  return path
 
 
 class _SynfacesTruth:
@@ -390,6 +399,7 @@ def main(argv):
   summary["checkpoint"] = prefix
   summary["weights"] = ("moving average" if FLAGS.weight_average and
                         runs.has_weight_average(prefix) else "raw")
+  write_summary(summary, out_dir)
   if FLAGS.json:
     sys.stdout.write(json.dumps(summary) + "\n")
   else:

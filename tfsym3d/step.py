@@ -213,9 +213,8 @@ class WeightAverage:
     # first replica's assignment is kept.
     first = tf.VariableAggregation.ONLY_FIRST_REPLICA
     self.averaged = {
-        key: tf.Variable(variable.value if hasattr(variable, "value") else variable,
-                         trainable=False, name="average_" + key.replace("/", "_"),
-                         aggregation=first)
+        key: tf.Variable(tf.convert_to_tensor(variable), trainable=False,
+                         name="average_" + key.replace("/", "_"), aggregation=first)
         for key, variable in self.weights.items()}
     self.updates = tf.Variable(0, dtype=tf.int64, trainable=False,
                                name="average_updates", aggregation=first)

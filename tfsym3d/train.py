@@ -545,9 +545,10 @@ def _check_replicas(strategy: tf.distribute.Strategy, batch_size: int, precision
   if batch_size % replicas:
     raise app.UsageError(f"--batch_size={batch_size} must be a multiple of the "
                          f"{replicas} replicas")
-  logging.info("%d replica(s): %s; networks in %s; oneDNN CPU kernels %s%s", replicas,
-               strategy.extended.worker_devices, precision,
-               "on" if tfsym3d.onednn_enabled() else "off",
+  threads = tf.config.threading.get_intra_op_parallelism_threads()
+  logging.info("%d replica(s): %s; networks in %s; oneDNN CPU kernels %s; intra-op "
+               "threads %s%s", replicas, strategy.extended.worker_devices, precision,
+               "on" if tfsym3d.onednn_enabled() else "off", threads or "all cores",
                "" if chief else f"; not the chief: checkpoints and summaries go to "
                f"{write_dir} (deleted at the end)")
 
@@ -762,8 +763,7 @@ def main(argv):
                           else "raw")
     # The summary on disk gets the run's steps and minutes too
     # (`tfsym3d.compare` reads them).
-    with open(os.path.join(eval_dir, "summary.json"), "w") as f:
-      json.dump({k: v for k, v in summary.items() if k != "files"}, f, indent=2)
+    evaluate_lib.write_summary(summary, eval_dir)
     print(evaluate_lib.format_table(summary))
 
 

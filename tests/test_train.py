@@ -222,6 +222,27 @@ def test_depth_smoothness_weight_moves_linearly_from_first_to_last_epoch():
   assert depth_smoothness_weight(0, 1, 3.0, 1.0) == 3.0      # one epoch: the first
 
 
+def test_learning_rate_warms_up_then_follows_its_schedule():
+  from tfsym3d.config import ModelConfig, TrainConfig
+  from tfsym3d.train import learning_rate
+  config = ModelConfig(learning_rate=1e-3)
+  cosine = TrainConfig(lr_schedule="cosine", lr_final_fraction=0.1, lr_warmup_steps=100)
+  schedule = learning_rate(config, cosine, 1100)
+  rates = [float(schedule(step)) for step in (0, 50, 100, 600, 1100, 5000)]
+  # Linear from 0 to 1e-3 over 100 steps, then half-way down the cosine
+  # (to 1e-4) after 500 more, and its floor at the end and after.
+  np.testing.assert_allclose(rates, [0.0, 5e-4, 1e-3, 5.5e-4, 1e-4, 1e-4], rtol=1e-5, atol=1e-9)
+  constant = learning_rate(config, cosine.replace(lr_schedule="constant"), 1100)
+  np.testing.assert_allclose([float(constant(s)) for s in (25, 100, 1000)],
+                             [2.5e-4, 1e-3, 1e-3], rtol=1e-5)
+  no_warmup = learning_rate(config, cosine.replace(lr_warmup_steps=0), 1100)
+  np.testing.assert_allclose(float(no_warmup(0)), 1e-3, rtol=1e-6)
+  with pytest.raises(ValueError, match="--lr_warmup_steps"):
+    learning_rate(config, cosine.replace(lr_warmup_steps=1100), 1100)
+  with pytest.raises(ValueError, match="--lr_warmup_steps"):
+    TrainConfig(lr_warmup_steps=-1)
+
+
 def test_fit_phases_finish_a_started_epoch_then_run_whole_epochs():
   from tfsym3d.train import fit_phases
   assert fit_phases(0, 6, 2) == [(0, 2, 6)]                  # a fresh run: one call

@@ -99,6 +99,9 @@ class TrainConfig:
   seed: int = 0
   lr_schedule: str = "constant"     # 'constant' or 'cosine' (to lr * lr_final_fraction)
   lr_final_fraction: float = 0.1
+  # > 0: the learning rate rises linearly from 0 over this many first steps,
+  # then follows lr_schedule over the rest.
+  lr_warmup_steps: int = 0
   adam_epsilon: float = 1e-8
   # > 0: keep an exponential moving average of the weights with this decay
   # per step; a finished run is evaluated and exported with it.
@@ -127,6 +130,9 @@ class TrainConfig:
                        "(off) or a decay in (0, 1), e.g. 0.999 (--weight_average_decay)")
     if self.lr_schedule not in ("constant", "cosine"):
       raise ValueError(f"lr_schedule={self.lr_schedule!r}: use 'constant' or 'cosine'")
+    if self.lr_warmup_steps < 0:
+      raise ValueError(f"lr_warmup_steps={self.lr_warmup_steps}: must be >= 0 "
+                       "(--lr_warmup_steps; 0: no warm-up)")
 
   def replace(self, **changes) -> "TrainConfig":
     return dataclasses.replace(self, **changes)

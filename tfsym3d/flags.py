@@ -132,6 +132,9 @@ flags.DEFINE_enum("lr_schedule", "constant", ["constant", "cosine"],
                   "Learning rate schedule: constant (reference) or cosine decay "
                   "to --lr_final_fraction of --learning_rate over the run.")
 flags.DEFINE_float("lr_final_fraction", 0.1, "Cosine schedule: final lr / initial lr.")
+flags.DEFINE_integer("lr_warmup_steps", 0, "Raise the learning rate linearly from 0 "
+                     "over the first N steps, then follow --lr_schedule over the "
+                     "rest (0: no warm-up).")
 flags.DEFINE_integer("checkpoint_every", 1000, "Save a checkpoint every N steps "
                      "(and at every epoch end).")
 flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept (the newest K).")

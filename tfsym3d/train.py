@@ -351,12 +351,25 @@ class TensorBoardLogger(keras.callbacks.Callback):
 # ------------------------------------------------------------------ run ----
 
 def learning_rate(config: ModelConfig, train_config: TrainConfig, total_steps: int):
-  """config.learning_rate, constant or cosine-decayed over `total_steps` to
-  lr * lr_final_fraction (train_config.lr_schedule)."""
+  """config.learning_rate, constant or cosine-decayed to lr * lr_final_fraction
+  at `total_steps` (train_config.lr_schedule), after a linear warm-up from 0
+  over the first train_config.lr_warmup_steps steps if that is > 0."""
   lr = config.learning_rate
+  warmup = train_config.lr_warmup_steps
+  if warmup >= total_steps > 0:
+    raise ValueError(f"lr_warmup_steps={warmup} must be fewer than the run's "
+                     f"{total_steps} steps (--lr_warmup_steps)")
+  final_fraction = (train_config.lr_final_fraction
+                    if train_config.lr_schedule == "cosine" else 1.0)
+  if warmup:
+    # Keras' cosine decay with its warm-up; a final fraction of 1 keeps the
+    # rate constant after the warm-up.
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, max(total_steps - warmup, 1), alpha=final_fraction,
+        warmup_target=lr, warmup_steps=warmup)
   if train_config.lr_schedule == "cosine":
     return keras.optimizers.schedules.CosineDecay(lr, max(total_steps, 1),
-                                                  alpha=train_config.lr_final_fraction)
+                                                  alpha=final_fraction)
   return lr
 
 

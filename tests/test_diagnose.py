@@ -116,9 +116,59 @@ def test_diagnosis_of_constructed_views_and_the_no_pose_case():
   np.testing.assert_allclose(columns["yaw_pred_deg"], 0.5 * columns["yaw_true_deg"])
   text = evaluate.format_diagnosis(diag)
   assert "yaw" in text and "0.500" in text and "oracle" in text
+  assert "average predicted canonical depth" not in text      # no probes given
+  probes = {"side_mean_canonical_depth": side - 0.2, "side_true_view": side - 0.5}
+  with_probes, columns = evaluate.diagnosis(moments, sums, side, views, views_gt,
+                                            probes=probes)
+  assert with_probes["probes"]["side"] == pytest.approx(side.mean())
+  assert with_probes["probes"]["side_true_view"] == pytest.approx(side.mean() - 0.5)
+  np.testing.assert_allclose(columns["side_mean_canonical_depth"], side - 0.2)
+  text = evaluate.format_diagnosis(with_probes)
+  assert f"with the true viewpoint {side.mean() - 0.5:.3f}" in text
+  assert "hurt more than they help" in text
   paired, columns = evaluate.diagnosis(moments, sums, side, views, None, dataset="paired")
   assert paired["viewpoint"] is None and "yaw_true_deg" not in columns
   assert "--dataset=synfaces" in evaluate.format_diagnosis(paired)
+
+
+def test_side_with_views_is_the_evaluation_on_the_true_shape_and_pose():
+  # The generator's own canonical depth posed by its own view reproduces its
+  # input-view depth: SIDE ~ 0 (grid-mesh vs. z-buffer differences only);
+  # a yaw off by 10 degrees is a large error.
+  from tfsym3d.config import ModelConfig
+  from tfsym3d.data import synthetic
+  from tfsym3d.render.warp import Renderer
+  renderer = Renderer(ModelConfig(image_size=32, renderer_xla=False))
+  generator = synthetic.SynFaces(32, seed=5)
+  samples = [generator.sample(synthetic.split_offset("test") + i) for i in range(6)]
+  canon = tf.constant(np.stack([s["canon_depth"] for s in samples]))
+  views = np.stack([s["view"] for s in samples]).astype(np.float32)
+  depth_gt = tf.constant(np.stack([s["depth"] for s in samples]))
+  exact = evaluate.side_with_views(renderer, canon, tf.constant(views), depth_gt).numpy()
+  assert np.all(exact < 2e-4), exact
+  wrong = views.copy()
+  wrong[:, 1] += np.radians(10.0)
+  off = evaluate.side_with_views(renderer, canon, tf.constant(wrong), depth_gt).numpy()
+  assert np.all(off > 20 * np.maximum(exact, 1e-5)) and np.all(off > 2e-3), off
+
+
+def test_side_with_views_matches_the_models_own_reconstruction():
+  from tfsym3d import runs
+  from tfsym3d.config import ModelConfig
+  from tfsym3d.data import synthetic
+  config = ModelConfig(image_size=16, nf=8, zdim=16, nf_encoder=8, nf_conf=8,
+                       zdim_conf=16, vgg_weights="none", lam_perc=0.0,
+                       renderer_xla=False)
+  model = runs.build_model(config)
+  generator = synthetic.SynFaces(16, seed=2)
+  samples = [generator.sample(i) for i in range(4)]
+  images = np.stack([s["image"] for s in samples]).astype(np.float32) / 127.5 - 1
+  depth_gt = tf.constant(np.stack([s["depth"] for s in samples]))
+  out = model(images, training=False)
+  mask = metrics.evaluation_mask(depth_gt, out.recon_mask)
+  np.testing.assert_allclose(
+      evaluate.side_with_views(model.renderer, out.canon_depth, out.view, depth_gt).numpy(),
+      metrics.side(out.recon_depth, depth_gt, mask).numpy(), rtol=1e-5)
 
 
 def test_evaluate_model_with_diagnose_on_synfaces(tmp_path):
@@ -143,6 +193,8 @@ def test_evaluate_model_with_diagnose_on_synfaces(tmp_path):
   assert np.isfinite(diag["relief"]["scale"])
   # The relief scale can only lower SIDE (it is fitted to the ground truth).
   assert diag["relief"]["side_at_per_image_scale"] <= diag["relief"]["side"] + 1e-6
+  assert set(diag["probes"]) == {"side", "side_true_view", "side_mean_canonical_depth"}
+  assert all(np.isfinite(v) for v in diag["probes"].values())
   with open(tmp_path / "per_image.csv") as f:
     rows = list(csv.DictReader(f))
   from tfsym3d.data import synthetic
@@ -151,6 +203,7 @@ def test_evaluate_model_with_diagnose_on_synfaces(tmp_path):
                                                          abs=1e-4)
   with open(tmp_path / "diagnosis.csv") as f:
     table = list(csv.DictReader(f))
-  assert {"viewpoint", "relief", "rings"} == {r["section"] for r in table}
+  assert {"viewpoint", "relief", "probes", "rings"} == {r["section"] for r in table}
+  assert "side_true_view" in rows[0] and "side_mean_canonical_depth" in rows[0]
   saved = json.loads((tmp_path / "summary.json").read_text())
   assert saved["diagnosis"]["rings"][0]["ring"] == "1"

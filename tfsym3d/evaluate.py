@@ -12,9 +12,12 @@ pictures of `tfsym3d.visualize.dump_results` and their light and view.
 With --diagnose it also reports where the error comes from (`diagnose`
 below; the definitions are in `tfsym3d.metrics`): the depth error by ring
 distance from the evaluation mask's rim, the best-fitting relief scale and
-the SIDE after it (an oracle analysis: it uses the ground truth), and, on
---dataset=synfaces, the predicted viewpoint against the generator's own
-(pitch, yaw, roll of sample (seed, index), regenerated exactly). The
+the SIDE after it (an oracle analysis: it uses the ground truth), the SIDE
+when every image is given the split's average predicted canonical depth
+(whether the per-image shape helps at all), and, on --dataset=synfaces, the
+predicted viewpoint against the generator's own (pitch, yaw, roll of sample
+(seed, index), regenerated exactly) and the SIDE with that viewpoint in
+place of the predicted one (is the pose or the shape the limit?). The
 diagnosis goes into the table, the summary JSON ("diagnosis"), per_image.csv
 (extra columns) and diagnosis.csv.
 
@@ -61,6 +64,26 @@ def _stats(values: np.ndarray) -> Dict[str, float]:
   return {"mean": float(finite.mean()), "std": float(finite.std())}
 
 
+def side_with_views(renderer, canon_depth, views, depth_gt):
+  """SIDE of canonical depths posed by given views, with the evaluation's mask.
+
+  The probe behind the diagnosis's "what if" figures: the model's own
+  canonical depth under the true viewpoint, or one shared depth under the
+  predicted viewpoints.
+
+  Args:
+    renderer: the model's `tfsym3d.render.warp.Renderer`.
+    canon_depth: [B, S, S] canonical depth (border columns included).
+    views: [B, 6] (rx, ry, rz radians; tx, ty, tz).
+    depth_gt: [B, S, S] input-view ground truth.
+  Returns:
+    [B] float32 SIDE, not yet x 1e-2 (NaN for an empty mask).
+  """
+  recon = renderer.reconstructed_depth(canon_depth, views)
+  mask = metrics.evaluation_mask(depth_gt, renderer.valid_mask(recon))
+  return metrics.side(recon, depth_gt, mask)
+
+
 def evaluate_model(model, data, split: str, num: Optional[int], out_dir: Optional[str],
                    dump_images: int = 0, progress: bool = True,
                    batch_size: int = 50, diagnose: bool = False) -> Dict:
@@ -100,13 +123,18 @@ def evaluate_model(model, data, split: str, num: Optional[int], out_dir: Optiona
             metrics.ring_error_sums(recon_depth, depth_gt, mask))
 
   @tf.function(autograph=False)
+  def probe(canon_depth, views, depth_gt):
+    return side_with_views(model.renderer, canon_depth, views, depth_gt)
+
+  @tf.function(autograph=False)
   def baseline(depth, depth_gt):
     mask = metrics.evaluation_mask(depth_gt)
     return (metrics.side(depth, depth_gt, mask),
             metrics.mad(depth, depth_gt, mask, camera))
 
   side, mad, side_null, mad_null, gts = [], [], [], [], []
-  moments, ring_sums, views, views_gt = [], [], [], []
+  moments, ring_sums, views, views_gt, side_true_view = [], [], [], [], []
+  canon_depth_sum = None
   truth = (_SynfacesTruth(data, split) if diagnose and data.dataset == "synfaces"
            else None)
   dumped = 0
@@ -127,8 +155,12 @@ def evaluate_model(model, data, split: str, num: Optional[int], out_dir: Optiona
       moments.append(m_i.numpy())
       ring_sums.append(r_i.numpy())
       views.append(out.view.numpy())
+      batch_sum = out.canon_depth.numpy().astype(np.float64).sum(0)
+      canon_depth_sum = batch_sum if canon_depth_sum is None else canon_depth_sum + batch_sum
       if truth is not None:
         views_gt.append(truth.views(depth_gt.numpy()))
+        side_true_view.append(probe(out.canon_depth, tf.constant(views_gt[-1], tf.float32),
+                                    depth_gt).numpy())
     if out_dir and dumped < dump_images:
       take = min(dump_images - dumped, images.shape[0])
       names = [f"{i:06d}" for i in range(dumped, dumped + take)]
@@ -177,10 +209,23 @@ def evaluate_model(model, data, split: str, num: Optional[int], out_dir: Optiona
       "side": summary["side"]["mean"] / null["side"],
       "mad": summary["mad"]["mean"] / null["mad"]}
   if diagnose:
+    # Every image posed by its own predicted view, all with one shape: the
+    # split's average predicted canonical depth.
+    mean_depth = (canon_depth_sum / len(gt_all)).astype(np.float32)
+    all_views = np.concatenate(views)
+    side_mean_depth = []
+    for start in range(0, len(gt_all), batch_size):
+      chunk = gt_all[start:start + batch_size]
+      shared = tf.constant(np.broadcast_to(mean_depth, chunk.shape))
+      side_mean_depth.append(probe(shared, tf.constant(all_views[start:start + batch_size]),
+                                   tf.constant(chunk)).numpy())
+    probes = {"side_mean_canonical_depth": 100.0 * np.concatenate(side_mean_depth)}
+    if side_true_view:
+      probes["side_true_view"] = 100.0 * np.concatenate(side_true_view)
     summary["diagnosis"], extra_columns = diagnosis(
         np.concatenate(moments), np.concatenate(ring_sums), per_image["side"],
-        np.concatenate(views), np.concatenate(views_gt) if views_gt else None,
-        dataset=data.dataset)
+        all_views, np.concatenate(views_gt) if views_gt else None,
+        dataset=data.dataset, probes=probes)
     per_image.update(extra_columns)
   if out_dir:
     os.makedirs(out_dir, exist_ok=True)
@@ -238,7 +283,7 @@ class _SynfacesTruth:
 
 def diagnosis(moments: np.ndarray, ring_sums: np.ndarray, side_x100: np.ndarray,
               views: np.ndarray, views_gt: Optional[np.ndarray],
-              dataset: str = "synfaces"):
+              dataset: str = "synfaces", probes: Optional[Dict[str, np.ndarray]] = None):
   """The diagnosis of an evaluation, from per-image quantities.
 
   Args:
@@ -248,6 +293,11 @@ def diagnosis(moments: np.ndarray, ring_sums: np.ndarray, side_x100: np.ndarray,
     views: [N, 6] predicted views (radians); views_gt: [N, 6] the true ones,
       or None when the data has none.
     dataset: for the message when views_gt is None.
+    probes: optional per-image SIDE x 1e-2 [N] of the "what if" renderings
+      (`side_with_views`): "side_mean_canonical_depth" (every image given
+      the split's average predicted canonical depth, posed by its own
+      predicted view) and, with a true viewpoint, "side_true_view" (the
+      image's own canonical depth posed by the true view).
   Returns:
     (diagnosis dict, per-image columns {name: [N]} for per_image.csv).
     Angles in degrees, SIDE and ring errors x 1e-2.
@@ -283,6 +333,11 @@ def diagnosis(moments: np.ndarray, ring_sums: np.ndarray, side_x100: np.ndarray,
       columns[f"{name}_true_deg"] = true
       columns[f"{name}_pred_deg"] = predicted
   result = {"relief": relief, "rings": rings, "viewpoint": viewpoint}
+  if probes:
+    result["probes"] = {"side": relief["side"]}
+    for name, values in probes.items():
+      result["probes"][name] = _stats(values)["mean"]
+      columns[name] = values
   if note:
     result["viewpoint_note"] = note
   return result, columns
@@ -307,6 +362,7 @@ def format_diagnosis(diag: Dict) -> str:
             f"{r['scale']:.3f} (per-image median {r['per_image_scale_median']:.3f}); "
             f"SIDE {r['side']:.3f} -> {r['side_at_scale']:.3f} at {r['scale']:.3f}, "
             f"{r['side_at_per_image_scale']:.3f} at each image's own",
+            *_format_probes(diag.get("probes")),
             "error by distance from the mask's rim (centred log-depth error x1e-2)",
             f"{'ring':<8}{'fraction':>10}{'rms':>9}{'mean':>9}"]
   for row in diag["rings"]:
@@ -315,12 +371,29 @@ def format_diagnosis(diag: Dict) -> str:
   return "\n".join(lines)
 
 
+def _format_probes(probes: Optional[Dict]):
+  """The "what if" lines of `format_diagnosis` (none without probes)."""
+  if not probes:
+    return []
+  lines = [f"SIDE as predicted {probes['side']:.3f}; with the true viewpoint "
+           + (f"{probes['side_true_view']:.3f} (oracle: the pose's share of the error)"
+              if "side_true_view" in probes else "unknown (no ground-truth pose)")]
+  mean_depth = probes["side_mean_canonical_depth"]
+  verdict = ("lower: the per-image shape differences hurt more than they help"
+             if mean_depth < probes["side"] else
+             "higher: the per-image shape differences help")
+  lines.append(f"SIDE with every image given the average predicted canonical depth "
+               f"{mean_depth:.3f} ({verdict})")
+  return lines
+
+
 def write_diagnosis_csv(diag: Dict, path: str) -> None:
   """The diagnosis as rows (section, item, quantity, value)."""
   rows = []
   for name, fit in (diag["viewpoint"] or {}).items():
     rows += [("viewpoint", name, key, value) for key, value in fit.items()]
   rows += [("relief", "", key, value) for key, value in diag["relief"].items()]
+  rows += [("probes", "", key, value) for key, value in (diag.get("probes") or {}).items()]
   for row in diag["rings"]:
     rows += [("rings", row["ring"], key, row[key])
              for key in ("pixels", "fraction", "rms", "mean")]

@@ -438,6 +438,37 @@ def test_weight_average_follows_its_formula():
     step_lib.WeightAverage({"w": weight}, decay=1.0)
 
 
+def test_weight_average_warmup_caps_the_decay_of_short_runs():
+  """The warm-up, not --weight_average_decay, sets the span of a run shorter
+  than its crossing: two decays above the ramp's last value average the
+  same; the shortfall message says so with the decay reached."""
+  from tfsym3d import step as step_lib
+  for decay in (0.9, 0.999, 0.9995):
+    n = step_lib.weight_average_warmup_updates(decay)
+    assert step_lib.weight_average_decay_at(decay, n) == pytest.approx(decay)
+    assert step_lib.weight_average_decay_at(decay, n - 1) < decay
+  assert step_lib.weight_average_warmup_updates(0.999) == 8990
+  assert step_lib.weight_average_shortfall(0.999, 10_000) is None
+  note = step_lib.weight_average_shortfall(0.9995, 6_800)
+  assert "--weight_average_decay=0.9995" in note and "17,990" in note
+  assert "0.99868" in note and "757 steps" in note     # (1 + 6799) / (10 + 6799)
+  # Through the real update: 0.95 and 0.99 give the same average over 60
+  # updates (the ramp stays below 0.87), 0.5 does not.
+  rng = np.random.default_rng(0)
+  values = rng.normal(size=(60, 3)).astype(np.float32)
+  finals = {}
+  for decay in (0.95, 0.99, 0.5):
+    weight = tf.Variable(values[0])
+    average = step_lib.WeightAverage({"w": weight}, decay=decay)
+    for value in values:
+      weight.assign(value)
+      average.update()
+    finals[decay] = average.averaged["w"].numpy()
+    assert (step_lib.weight_average_shortfall(decay, 60) is None) == (decay == 0.5)
+  np.testing.assert_array_equal(finals[0.95], finals[0.99])
+  assert np.abs(finals[0.95] - finals[0.5]).max() > 0.05
+
+
 def test_weight_average_is_checkpointed_evaluated_and_resumed(tmp_path):
   """A run with --weight_average_decay: its checkpoints hold raw and averaged
   weights; restore_weights reads the average (what evaluation and export

@@ -22,6 +22,7 @@ because finiteness has to be decided over every replica first, which Keras'
 own `apply` cannot be told.
 """
 
+import math
 from typing import Dict, NamedTuple, Optional
 
 import keras
@@ -181,15 +182,52 @@ def step_logs(terms: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
   return terms
 
 
+def weight_average_decay_at(decay: float, update: int) -> float:
+  """The decay `WeightAverage` applies at its `update`-th update (from 0)."""
+  return min(decay, (1.0 + update) / (10.0 + update))
+
+
+def weight_average_warmup_updates(decay: float) -> int:
+  """The update count n from which the warm-up `(1 + n) / (10 + n)` of
+  `WeightAverage` no longer caps `decay`, i.e. the first n with
+  `(1 + n) / (10 + n) >= decay` (0.999: 8,990; 0.9995: 17,990)."""
+  update = max(0, math.ceil((10.0 * decay - 1.0) / (1.0 - decay)))
+  # The closed form can land one off in floating point; settle it exactly.
+  while update > 0 and weight_average_decay_at(decay, update - 1) >= decay:
+    update -= 1
+  while weight_average_decay_at(decay, update) < decay:
+    update += 1
+  return update
+
+
+def weight_average_shortfall(decay: float, total_steps: int) -> Optional[str]:
+  """What to tell the user when a run of `total_steps` ends before the
+  warm-up reaches `decay` (None when it does): the decay actually reached
+  and the span it means, so that a larger --weight_average_decay is not
+  mistaken for a longer average."""
+  needed = weight_average_warmup_updates(decay)
+  if total_steps > needed:
+    return None
+  reached = weight_average_decay_at(decay, max(total_steps - 1, 0))
+  return (f"--weight_average_decay={decay:g} is reached only after {needed:,} updates "
+          f"(the warm-up min(decay, (1 + n) / (10 + n))); this run's {total_steps:,} "
+          f"steps end at decay {reached:.5f}, an average over about the last "
+          f"{1.0 / (1.0 - reached):,.0f} steps, whatever decay above {reached:.5f} "
+          "is asked for")
+
+
 class WeightAverage:
   """An exponential moving average of a model's trainable weights.
 
   After every applied step, `average = d * average + (1 - d) * weight` with
   `d = min(decay, (1 + n) / (10 + n))` for the n-th update: the short
   warm-up keeps the first steps' random weights from lingering in the
-  average. The averaged weights are what a finished run is evaluated and
-  exported with (`tfsym3d.runs.restore_weights` loads them from a checkpoint
-  that holds them); training itself always continues from the raw weights.
+  average. It also caps the decay until update
+  `weight_average_warmup_updates(decay)` (0.999: 8,990): until then the
+  average spans about a ninth of the steps so far, whatever the decay. The
+  averaged weights are what a finished run is evaluated and exported with
+  (`tfsym3d.runs.restore_weights` loads them from a checkpoint that holds
+  them); training itself always continues from the raw weights.
 
   Keras' `Adam(use_ema=True)` keeps the same average inside the optimizer,
   but its `fit` writes the average over the model's weights at the end of

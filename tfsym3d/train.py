@@ -584,6 +584,9 @@ def _build_model(config: ModelConfig, tc: TrainConfig, strategy: tf.distribute.S
     if tc.weight_average_decay > 0:
       model.keep_weight_average(step_lib.WeightAverage(
           runs.trainable_weight_dict(model), tc.weight_average_decay))
+      shortfall = step_lib.weight_average_shortfall(tc.weight_average_decay, total_steps)
+      if shortfall:
+        logging.warning("%s", shortfall)
   return model, optimizer, step
 
 
@@ -661,9 +664,11 @@ def _final_weights(model) -> None:
   the average)."""
   if model.weight_average is not None:
     model.weight_average.copy_to_weights()
+    average = model.weight_average
+    updates = int(average.updates.numpy())
     logging.info("final weights: the moving average of the weights over %d steps "
-                 "(decay %g)", model.weight_average.updates.numpy(),
-                 model.weight_average.decay)
+                 "(decay %g; %.5f at the last update)", updates, average.decay,
+                 step_lib.weight_average_decay_at(average.decay, max(updates - 1, 0)))
 
 
 def _train(config, tc, data, write_dir, chief, strategy, precision):

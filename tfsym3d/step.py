@@ -209,7 +209,7 @@ def weight_average_shortfall(decay: float, total_steps: int) -> Optional[str]:
   if total_steps > needed:
     return None
   reached = weight_average_decay_at(decay, max(total_steps - 1, 0))
-  return (f"--weight_average_decay={decay:g} is reached only after {needed:,} updates "
+  return (f"--weight_average_decay={decay:g} is reached only at update {needed:,} "
           f"(the warm-up min(decay, (1 + n) / (10 + n))); this run's {total_steps:,} "
           f"steps end at decay {reached:.5f}, an average over about the last "
           f"{1.0 / (1.0 - reached):,.0f} steps, whatever decay above {reached:.5f} "
@@ -264,7 +264,7 @@ class WeightAverage:
   def update(self) -> None:
     """Moves the average toward the current weights (one applied step)."""
     n = tf.cast(self.updates, tf.float32)
-    decay = tf.minimum(self.decay, (1.0 + n) / (10.0 + n))
+    decay = tf.minimum(self.decay, (1.0 + n) / (10.0 + n))  # weight_average_decay_at
     for key, average in self.averaged.items():
       weight = tf.cast(self.weights[key], average.dtype)
       average.assign(decay * average + (1.0 - decay) * weight)

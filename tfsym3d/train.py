@@ -662,9 +662,9 @@ def _final_weights(model) -> None:
   """The weights a finished run is evaluated with: their moving average when
   the run keeps one (its checkpoints hold both; `runs.restore_weights` reads
   the average)."""
-  if model.weight_average is not None:
-    model.weight_average.copy_to_weights()
-    average = model.weight_average
+  average = model.weight_average
+  if average is not None:
+    average.copy_to_weights()
     updates = int(average.updates.numpy())
     logging.info("final weights: the moving average of the weights over %d steps "
                  "(decay %g; %.5f at the last update)", updates, average.decay,
